@@ -1,0 +1,2 @@
+"""lori: LoRi — low-rank distillation for implicit reasoning (a reproducible pipeline)."""
+__version__ = "0.1.0"

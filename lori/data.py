@@ -1,0 +1,159 @@
+"""Problem records and the text formats shared by every stage.
+
+One record type for every dataset: ``Record(id, question, steps, answer, source)``.
+Records are stored as JSON lines (``results/<run>/data/<split>.jsonl``).
+
+The GSM8K-Aug line format (the implicit-CoT literature's training format) is
+``question||<<step>> <<step>> #### answer``; :func:`parse_aug_line` reads it, and the
+quickstart generator writes it, so the same parser serves both.
+
+Sequence layouts (text; the tokenizer turns them into ids):
+
+- teacher / CoT-SFT:  ``{question} || {steps} #### {answer}<eos>``
+- No-CoT student:     ``{question} || #### {answer}<eos>``
+- latent student:     ``{question} || <bot> [K latent thoughts] <eot> #### {answer}<eos>``
+
+The *anchor* is the position that predicts the first answer token: the last token of
+``####``. Every method shares the same answer suffix so evaluation is identical.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+COT_SEP = "||"
+ANSWER_SEP = "####"
+BOT = "<bot>"
+EOT = "<eot>"
+
+
+class DataError(ValueError):
+    """A malformed data file; the message names the file and line."""
+
+
+@dataclass
+class Record:
+    id: str
+    question: str
+    steps: list[str]
+    answer: str
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def cot(self) -> str:
+        return " ".join(self.steps)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def parse_aug_line(line: str, where: str = "<string>") -> tuple[str, list[str], str]:
+    """Split one GSM8K-Aug line into (question, steps, answer).
+
+    ``where`` (e.g. ``"train.txt:12"``) is put in the error message.
+    """
+    line = line.rstrip("\n")
+    if COT_SEP not in line:
+        raise DataError(f"{where}: missing '{COT_SEP}' between question and chain of thought")
+    question, rest = line.split(COT_SEP, 1)
+    if ANSWER_SEP not in rest:
+        raise DataError(f"{where}: missing '{ANSWER_SEP}' before the answer")
+    cot, answer = rest.rsplit(ANSWER_SEP, 1)
+    question, answer = question.strip(), answer.strip()
+    if not question:
+        raise DataError(f"{where}: empty question")
+    if not answer:
+        raise DataError(f"{where}: empty answer after '{ANSWER_SEP}'")
+    return question, split_steps(cot), answer
+
+
+def split_steps(cot: str) -> list[str]:
+    """Steps of an equation-only CoT (``<<a+b=c>> <<...>>``); otherwise one step per sentence-less chunk."""
+    cot = cot.strip()
+    if not cot:
+        return []
+    if "<<" in cot:
+        steps, rest = [], cot
+        while "<<" in rest:
+            start = rest.index("<<")
+            end = rest.find(">>", start)
+            if end < 0:
+                break
+            steps.append(rest[start : end + 2])
+            rest = rest[end + 2 :]
+        return steps
+    return [cot]
+
+
+def read_aug_file(path: str | Path, source: str = "", id_prefix: str = "") -> list[Record]:
+    """Read a GSM8K-Aug style ``question||cot #### answer`` text file."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            q, steps, a = parse_aug_line(line, f"{path}:{lineno}")
+            records.append(Record(f"{id_prefix}{lineno - 1}", q, steps, a, source or path.stem))
+    return records
+
+
+def write_records(path: str | Path, records: Iterable[Record]) -> int:
+    from lori.io import atomic_write_text
+
+    lines = [r.to_json() for r in records]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
+
+
+REQUIRED = ("id", "question", "steps", "answer")
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read records written by :func:`write_records`; errors name file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data file (run the prepare_data stage first)")
+    records, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            missing = [k for k in REQUIRED if k not in obj]
+            if missing:
+                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+            if not isinstance(obj["steps"], list):
+                raise DataError(f"{path}:{lineno}: 'steps' must be a list of strings")
+            rid = str(obj["id"])
+            if rid in seen:
+                raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
+            seen.add(rid)
+            records.append(
+                Record(rid, str(obj["question"]), [str(s) for s in obj["steps"]], str(obj["answer"]),
+                       str(obj.get("source", "")), dict(obj.get("meta", {})))
+            )
+    return records
+
+
+# ---------------------------------------------------------------- sequence text
+def prompt_text(question: str) -> str:
+    """What every model is given: the question and the CoT separator."""
+    return f"{question} {COT_SEP}"
+
+
+def cot_text(steps: list[str]) -> str:
+    return (" " + " ".join(steps)) if steps else ""
+
+
+def iter_batches(items: list, batch_size: int) -> Iterator[list]:
+    for i in range(0, len(items), batch_size):
+        yield items[i : i + batch_size]

@@ -1,0 +1,202 @@
+"""Stage ``distill``: train one latent student (``lori``, ``no_cot``, ``codi``) with the shared loop.
+
+``L = L_task + alpha * L_reason + gamma * L_anchor`` (DESIGN.md §3):
+
+- ``L_task``: answer cross-entropy after ``<bot> [K thoughts] <eot> ####``;
+- ``L_reason``: mean + covariance of the student's K thought states, projected by the
+  teacher's factors into the core, against the teacher's CoT trajectory statistics
+  (``targets/train.zarr``) — no token pairing, length-invariant;
+- ``L_anchor``: the student's state at the position predicting the first answer token vs
+  the teacher's, in the core (``anchor_space: core``) or on the full normalised states.
+
+Methods are presets of the same knobs (``METHOD_PRESETS``; the config overrides any of them):
+``lori`` (alpha=gamma=1), ``no_cot`` (K=0, answer directly), ``codi`` (anchor only, full
+space, smooth-L1 / teacher std — CODI-style, against the fixed teacher's dumped anchor
+rather than an in-loop teacher). ``cot_sft`` is the teacher itself and is not trained here.
+
+Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, when
+alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
+``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
+``train_config.json``) and ``students/<method>_metrics.jsonl``.
+
+Standalone::
+
+    python -m lori.distill --method lori --config config/config.yaml \
+        --teacher results/quickstart/teacher --records results/quickstart/teacher_cot/train.jsonl \
+        --targets results/quickstart/targets/train.zarr --factors results/quickstart/lowrank/factors.zarr \
+        --out results/quickstart/students/lori --alpha 0.5
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from lori.data import BOT, EOT, read_records
+from lori.factorize import load_factors
+from lori.io import ArtifactError, open_store, read_array
+from lori.latent import LatentStudent
+from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
+from lori.models import load_checkpoint, num_params, setup_runtime
+from lori.sequences import student_batch
+from lori.train import OptimConfig, fit
+
+log = logging.getLogger("lori.distill")
+
+METHOD_PRESETS: dict[str, dict] = {
+    "lori": {"latent_steps": 6, "alpha": 1.0, "gamma": 1.0},
+    "no_cot": {"latent_steps": 0, "alpha": 0.0, "gamma": 0.0},
+    "codi": {"latent_steps": 6, "alpha": 0.0, "gamma": 1.0, "anchor_space": "full", "anchor_loss": "smooth_l1"},
+}
+
+
+@dataclass
+class DistillConfig(OptimConfig):
+    method: str = "lori"                 # lori | no_cot | codi (a preset of the knobs below)
+    init: Literal["teacher", "base"] = "teacher"   # start from the CoT teacher or re-initialise its architecture
+    latent_steps: int | None = None      # K continuous thoughts (None = preset)
+    alpha: float | None = None           # weight of L_reason (None = preset)
+    gamma: float | None = None           # weight of L_anchor (None = preset)
+    w_mean: float = 1.0                  # mean term weight inside L_reason
+    w_cov: float = 1.0                   # covariance term weight inside L_reason
+    covariance: Literal["full", "per_layer"] = "full"
+    anchor_space: Literal["core", "full"] | None = None
+    anchor_loss: Literal["mse", "smooth_l1"] | None = None
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.method not in METHOD_PRESETS:
+            raise ValueError(f"unknown method {self.method!r} (one of {', '.join(METHOD_PRESETS)})")
+        defaults = {"anchor_space": "core", "anchor_loss": "mse", **METHOD_PRESETS[self.method]}
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        problems = []
+        if self.latent_steps < 0:
+            problems.append(f"latent_steps must be >= 0, got {self.latent_steps}")
+        if self.alpha > 0 and self.latent_steps == 0:
+            problems.append("alpha > 0 needs latent_steps >= 1 (no thoughts to match)")
+        if self.alpha < 0 or self.gamma < 0:
+            problems.append("alpha and gamma must be >= 0")
+        if self.init not in ("teacher", "base"):
+            problems.append(f"init must be teacher | base, got {self.init!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def needs_targets(self) -> bool:
+        return self.alpha > 0 or self.gamma > 0
+
+
+class TeacherTargets:
+    """Per-example teacher statistics and anchors, from ``targets/train.zarr``."""
+
+    def __init__(self, path: str, record_ids: list[str], covariance: str):
+        group = open_store(path, ["core", "offsets", "anchors_core", "anchors", "example_id"], kind="targets")
+        ids = [str(i) for i in read_array(group, "example_id", path)]
+        if ids != record_ids:
+            raise ArtifactError(f"{path}: example ids do not match the training records "
+                                f"({len(ids)} vs {len(record_ids)} examples); rerun the targets stage")
+        core, offsets = read_array(group, "core", path), read_array(group, "offsets", path)
+        self.lengths = torch.from_numpy(np.diff(offsets))
+        means, covs = trajectory_moments(core, offsets, covariance)
+        self.mean, self.cov = torch.from_numpy(means), torch.from_numpy(covs)
+        self.anchor_core = torch.from_numpy(read_array(group, "anchors_core", path)[:, 0].astype(np.float32))
+        self.anchor_full = torch.from_numpy(read_array(group, "anchors", path)[:, 0].astype(np.float32))
+        self.attrs = dict(group.attrs)
+
+    def to(self, device) -> "TeacherTargets":
+        for name in ("mean", "cov", "anchor_core", "anchor_full"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, object]:
+    model, tokenizer = load_checkpoint(teacher)
+    if cfg.init == "base":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(model.config)
+    student = LatentStudent(model, cfg.latent_steps, tokenizer.convert_tokens_to_ids(BOT),
+                            tokenizer.convert_tokens_to_ids(EOT))
+    return student, tokenizer
+
+
+def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, records, targets, factors, device):
+    """The method's ``loss_step(indices) -> {loss, task, reason*, anchor}``."""
+    layers = factors.layers if factors is not None else None
+
+    def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device)
+        out = student(batch, layers if cfg.needs_targets else None)
+        terms = {"task": out.task_loss}
+        loss = out.task_loss
+        if cfg.alpha > 0:
+            mean_s, cov_s = moments(factors.project(out.thoughts), cfg.covariance)     # [B, K, r_L, r_d] -> stats
+            valid = (targets.lengths[idx] > 0).to(device)
+            terms.update(reason_loss(mean_s, cov_s, targets.mean[idx], targets.cov[idx], cfg.w_mean, cfg.w_cov, valid))
+            loss = loss + cfg.alpha * terms["reason"]
+        if cfg.gamma > 0:
+            if cfg.anchor_space == "core":
+                a_s, a_t = factors.project(out.anchor), targets.anchor_core[idx]
+            else:
+                a_s, a_t = factors.normalize(out.anchor), factors.normalize(targets.anchor_full[idx])
+            terms["anchor"] = anchor_loss(a_s, a_t, cfg.anchor_loss)
+            loss = loss + cfg.gamma * terms["anchor"]
+        terms["loss"] = loss
+        return terms
+
+    return loss_step
+
+
+def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
+        factors_path: str | None = None, metrics: str | None = None) -> list[dict]:
+    device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    records = read_records(records_path)
+    student, tokenizer = build_student(cfg, teacher)
+    student.to(device).train()
+    targets = factors = None
+    if cfg.needs_targets:
+        if not (targets_path and factors_path):
+            raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
+        factors, fattrs = load_factors(factors_path)
+        targets = TeacherTargets(targets_path, [r.id for r in records], cfg.covariance)
+        if targets.attrs.get("factors_config_hash") != fattrs.get("config_hash"):
+            raise ArtifactError(f"{targets_path} was made from factors with config hash "
+                                f"{targets.attrs.get('factors_config_hash')}, but {factors_path} has "
+                                f"{fattrs.get('config_hash')}; rerun the targets stage")
+        factors, targets = factors.to(device), targets.to(device)
+    log.info("student '%s': %.2fM parameters, K=%d, alpha=%g, gamma=%g, %d examples, device %s", cfg.method,
+             num_params(student) / 1e6, cfg.latent_steps, cfg.alpha, cfg.gamma, len(records), device)
+    loss_step = make_loss_step(cfg, student, tokenizer, records, targets, factors, device)
+    rows = fit(list(student.parameters()), loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]")
+    student.eval()
+    student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(asdict(cfg), indent=2)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lori.cli import stage_main
+
+    def section(config, ns):
+        # the method comes from the CLI; --config supplies common + that method's section
+        method = getattr(ns, "method", "lori")
+        return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
+                "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+
+    cfg, ns = stage_main(DistillConfig, argv, __doc__,
+                         [("--teacher", "teacher checkpoint dir (initialisation)"), ("--records", "teacher_cot records jsonl"),
+                          ("--out", "student checkpoint dir"), ("--targets", "(optional) targets Zarr store"),
+                          ("--factors", "(optional) factors Zarr store"), ("--metrics", "(optional) metrics jsonl")],
+                         section)
+    run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics)
+
+
+if __name__ == "__main__":
+    main()

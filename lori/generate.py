@@ -1,0 +1,77 @@
+"""Batched greedy decoding with a KV cache and left padding (teacher CoT and students)."""
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lori.sequences import bos, encode, pad_left
+from lori.data import prompt_text
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_cls: type) -> str:
+    # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns)
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def forward_cached(model, cache=None, **kwargs):
+    """``model(**kwargs)`` continuing ``cache`` (None starts one); returns ``(output, new cache)``."""
+    kwargs[_cache_keyword(type(model))] = cache
+    out = model(use_cache=True, **kwargs)
+    return out, (out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions for a left-padded block: ``cumsum(mask) - 1`` (pads get 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def greedy_continue(model, past, attention_mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor,
+                    max_new_tokens: int, eos_id: int, pad_id: int) -> list[list[int]]:
+    """Greedy tokens after a cached prefix; stops per row at ``eos_id`` (kept in the output).
+
+    ``logits`` [B, V] predict the first new token; ``next_pos`` [B] is its position.
+    """
+    batch = logits.shape[0]
+    done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    steps = []
+    for _ in range(max_new_tokens):
+        token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
+        steps.append(token)
+        done = done | (token == eos_id)
+        if bool(done.all()) or len(steps) == max_new_tokens:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out, past = forward_cached(model, past, input_ids=token[:, None], attention_mask=attention_mask,
+                                   position_ids=next_pos[:, None])
+        logits, next_pos = out.logits[:, -1], next_pos + 1
+    tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+    result = []
+    for row in tokens:
+        result.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return result
+
+
+@dataclass
+class Generation:
+    text: str           # decoded continuation (special tokens dropped)
+    tokens: int         # generated tokens, eos included
+    latency: float      # seconds, the batch's wall time divided by its size
+
+
+@torch.no_grad()
+def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, device) -> list[Generation]:
+    """Explicit-CoT greedy generation for one batch of questions (teacher / cot_sft)."""
+    start = time.perf_counter()
+    ids, mask = pad_left([bos(tokenizer) + encode(tokenizer, prompt_text(q)) for q in questions], tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out, past = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    rows = greedy_continue(model, past, mask, mask.sum(1), out.logits[:, -1], max_new_tokens,
+                           tokenizer.eos_token_id, tokenizer.pad_token_id)
+    per = (time.perf_counter() - start) / len(questions)
+    return [Generation(tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]

@@ -1,0 +1,161 @@
+"""Atomic outputs and self-describing Zarr stores.
+
+Every stage writes to a temporary sibling (``.<name>.tmp-<pid>``) and renames it into
+place only when complete, so a killed stage never leaves a half-written artifact under
+the real name and an existing output survives a failed rerun.
+
+Zarr stores follow DESIGN.md §5: every array carries ``_ARRAY_DIMENSIONS`` (xarray
+style) and the group carries provenance (creating stage, config hash, package version).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+
+class ArtifactError(RuntimeError):
+    """A missing, incomplete or inconsistent artifact; the message names it."""
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    Works for files and directories (Zarr stores, checkpoints). On error the temporary
+    is removed and any existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            # rename() cannot replace a non-empty directory: move the old one aside first.
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            if path.is_dir():
+                _remove(path)
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: missing (run the stage that writes it first)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+# ---------------------------------------------------------------- zarr
+def zarr_create(group, name: str, shape: Sequence[int], dtype, dims: Sequence[str],
+                chunks: Sequence[int] | None = None, compress: bool = False, **attrs):
+    """Create an array with ``_ARRAY_DIMENSIONS``; uncompressed by default (hidden states
+    barely compress and zstd costs ~4x write speed, DESIGN.md §4)."""
+    assert len(dims) == len(shape), f"{name}: {len(dims)} dims for shape {tuple(shape)}"
+    kwargs = {} if compress else {"compressors": None}
+    arr = group.create_array(name, shape=tuple(int(s) for s in shape), dtype=dtype, dimension_names=list(dims),
+                             chunks=tuple(chunks) if chunks else "auto", fill_value=0, **kwargs)
+    arr.attrs.update({"_ARRAY_DIMENSIONS": list(dims), **attrs})
+    return arr
+
+
+def zarr_put(group, name: str, data: np.ndarray, dims: Sequence[str], **attrs):
+    """Create and fill an array in one call."""
+    data = np.asarray(data)
+    if data.dtype.kind in "UO":
+        # variable-length UTF-8: the string type with a Zarr v3 spec
+        arr = group.create_array(name, shape=data.shape, dtype=str, fill_value="", compressors=None,
+                                 dimension_names=list(dims))
+        arr.attrs.update({"_ARRAY_DIMENSIONS": list(dims), **attrs})
+        if data.size:
+            arr[...] = data.astype(object)
+        return arr
+    chunks = None
+    if data.ndim and data.shape[0] > 0:
+        # chunk the leading (token/example) axis so readers can stream it
+        per_row = max(1, int(np.prod(data.shape[1:])) * data.dtype.itemsize)
+        rows = max(1, min(data.shape[0], (16 << 20) // per_row))
+        chunks = (rows, *data.shape[1:])
+    arr = zarr_create(group, name, data.shape, data.dtype, dims, chunks=chunks, **attrs)
+    if data.size:
+        arr[...] = data
+    return arr
+
+
+def open_store(path: str | Path, required: Sequence[str] = (), kind: str = "artifact"):
+    """Open a Zarr group read-only, checking it exists and holds ``required`` arrays."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: {kind} store is missing (run the stage that writes it first)")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for corrupt metadata
+        raise ArtifactError(f"{path}: not a readable Zarr group ({type(e).__name__}: {e})") from None
+    for name in required:
+        try:
+            arr = group[name]
+            arr.shape  # noqa: B018 - touches the metadata
+        except Exception:
+            raise ArtifactError(f"{path}: {kind} store has no readable array '{name}'") from None
+    return group
+
+
+def read_array(group, name: str, path: str | Path = "") -> np.ndarray:
+    """Read a whole array; a corrupt chunk gives an error naming the array."""
+    try:
+        return np.asarray(group[name][...])
+    except Exception as e:
+        raise ArtifactError(f"{path}: array '{name}' is unreadable or corrupt ({type(e).__name__}: {e})") from None
+
+
+def group_attrs(group) -> dict:
+    return dict(group.attrs)

@@ -1,0 +1,138 @@
+"""The latent-reasoning student: K continuous thoughts fed back through a projection MLP.
+
+After ``question || <bot>`` the model's last hidden state goes through
+``Linear -> GELU -> Linear -> LayerNorm`` and becomes the next *input embedding*, K times;
+then ``<eot> ####`` and the answer. The chain runs on the KV cache, one position per
+thought for the whole batch, and gradients flow through it (no recompute).
+
+``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lori.data import BOT, EOT
+from lori.generate import Generation, forward_cached, greedy_continue, position_ids
+from lori.io import ArtifactError
+from lori.sequences import StudentBatch
+
+
+class Projection(nn.Module):
+    """Maps a last-layer hidden state to the next input embedding."""
+
+    def __init__(self, hidden: int, out_scale: float = 1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            # LayerNorm outputs have RMS ~1 while token embeddings may be ~0.02-0.1: start at
+            # the embedding scale so thoughts look like inputs from the first step.
+            self.norm.weight.fill_(out_scale)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.net(h))
+
+
+@dataclass
+class StudentOutput:
+    task_loss: torch.Tensor                 # answer cross-entropy
+    thoughts: torch.Tensor | None           # [B, K, L, d] hidden states at the thought positions
+    anchor: torch.Tensor | None             # [B, L, d] hidden states at the anchor position
+
+
+class LatentStudent(nn.Module):
+    def __init__(self, model, latent_steps: int, bot_id: int, eot_id: int, projection: Projection | None = None):
+        super().__init__()
+        self.model = model
+        self.latent_steps = latent_steps
+        self.bot_id, self.eot_id = bot_id, eot_id
+        if projection is None and latent_steps > 0:
+            emb = model.get_input_embeddings().weight
+            projection = Projection(emb.shape[1], out_scale=float(emb.detach().pow(2).mean().sqrt()))
+        self.projection = projection
+
+    # ------------------------------------------------------------------ forward
+    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None):
+        """Prompt block then K thoughts on the cache. Returns cache, mask, next positions,
+        logits after the last input, and the thoughts' hidden states [B, K, L, d] (if layers)."""
+        need_hidden = self.latent_steps > 0 or layers is not None
+        out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
+                                   position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden)
+        mask, pos = prompt_mask, prompt_mask.sum(1)
+        logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
+        thought_states = []
+        for _ in range(self.latent_steps):
+            embeds = self.projection(last)[:, None]                              # [B, 1, d]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out, past = forward_cached(self.model, past, inputs_embeds=embeds, attention_mask=mask,
+                                       position_ids=pos[:, None], output_hidden_states=True)
+            pos, last, logits = pos + 1, out.hidden_states[-1][:, -1], out.logits[:, -1]
+            if layers is not None:
+                thought_states.append(torch.stack([out.hidden_states[l][:, -1] for l in layers], dim=1))
+        thoughts = torch.stack(thought_states, dim=1) if thought_states else None  # [B, K, L, d]
+        return past, mask, pos, logits, thoughts
+
+    def forward(self, batch: StudentBatch, layers: list[int] | None = None) -> StudentOutput:
+        """Training forward: answer CE, plus thought/anchor states at ``layers`` when given."""
+        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers)
+        suffix_len = batch.suffix_ids.shape[1]
+        out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
+                                attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
+                                position_ids=pos[:, None] + torch.arange(suffix_len, device=pos.device),
+                                output_hidden_states=layers is not None)
+        a = batch.answer_start
+        logits = out.logits[:, a - 1 : -1]                                       # predict suffix[a:]
+        targets = batch.suffix_ids[:, a:].masked_fill(batch.suffix_mask[:, a:] == 0, -100)
+        task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        anchor = torch.stack([out.hidden_states[l][:, a - 1] for l in layers], dim=1) if layers is not None else None
+        return StudentOutput(task, thoughts, anchor)
+
+    @torch.no_grad()
+    def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[Generation]:
+        """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>."""
+        start = time.perf_counter()
+        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None)
+        head = batch.suffix_ids[:, : batch.answer_start]
+        mask = torch.cat([mask, torch.ones_like(head)], dim=1)
+        out, past = forward_cached(self.model, past, input_ids=head, attention_mask=mask,
+                                   position_ids=pos[:, None] + torch.arange(head.shape[1], device=pos.device))
+        rows = greedy_continue(self.model, past, mask, pos + head.shape[1], out.logits[:, -1],
+                               max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        per = (time.perf_counter() - start) / len(rows)
+        prefix = tokenizer.decode(head[0].tolist(), skip_special_tokens=True)
+        return [Generation(prefix + tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
+        from lori.models import save_checkpoint
+
+        files = {"latent.json": json.dumps({"latent_steps": self.latent_steps}, indent=2), **(extra_files or {})}
+        tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else None
+        save_checkpoint(out, self.model, tokenizer, files, tensors)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        from safetensors.torch import load_file
+
+        from lori.models import load_checkpoint
+
+        path = Path(path)
+        model, tokenizer = load_checkpoint(path)
+        meta_path = path / "latent.json"
+        if not meta_path.exists():
+            raise ArtifactError(f"{path}: not a student checkpoint (no latent.json)")
+        latent_steps = int(json.loads(meta_path.read_text())["latent_steps"])
+        projection = None
+        if latent_steps > 0:
+            projection = Projection(model.get_input_embeddings().weight.shape[1])
+            projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+        student = cls(model, latent_steps, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
+                      projection)
+        return student, tokenizer

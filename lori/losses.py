@@ -1,0 +1,80 @@
+"""LoRi losses: trajectory statistics in the low-rank core, and anchors.
+
+``L_reason = w_mean * |mu_S - mu_T|^2 / |mu_T|^2 + w_cov * |Sigma_S - Sigma_T|_F^2 / |Sigma_T|_F^2``
+
+Means and covariances are over a trajectory's positions (the teacher's n CoT tokens, the
+student's K thoughts), so the loss needs no token pairing and is invariant to trajectory
+length. Our choices where the paper is silent (documented in config/README.md):
+
+- population covariance (divide by n): defined and zero for n = 1;
+- normalisers pooled over the batch (sum of errors / sum of teacher norms): a per-example
+  ratio explodes for examples whose centred mean is near zero;
+- ``covariance: per_layer`` uses one r_d x r_d covariance per layer mode (cheaper for big ranks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+EPS = 1e-8
+
+
+def moments(core: torch.Tensor, covariance: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of one batch of equal-length trajectories.
+
+    core: [B, n, r_L, r_d] -> mean [B, r_L*r_d]; cov [B, r, r] (full) or [B, r_L, r_d, r_d] (per_layer).
+    """
+    b, n, rl, rd = core.shape
+    mean = core.mean(1)                                                   # [B, r_L, r_d]
+    centred = core - mean[:, None]
+    if covariance == "full":
+        flat = centred.reshape(b, n, rl * rd)
+        cov = flat.transpose(1, 2) @ flat / n                             # [B, r, r]
+    elif covariance == "per_layer":
+        cov = torch.einsum("bnlr,bnls->blrs", centred, centred) / n       # [B, r_L, r_d, r_d]
+    else:
+        raise ValueError(f"unknown covariance {covariance!r} (full | per_layer)")
+    return mean.reshape(b, -1), cov
+
+
+def trajectory_moments(core: np.ndarray, offsets: np.ndarray, covariance: str = "full") -> tuple[np.ndarray, np.ndarray]:
+    """Teacher statistics for every example of a ragged store ``core[offsets[i]:offsets[i+1]]``.
+
+    Examples with an empty CoT get zeros (and are masked out of the loss by ``lengths``).
+    """
+    n_ex = len(offsets) - 1
+    _, rl, rd = core.shape
+    means = np.zeros((n_ex, rl * rd), np.float32)
+    covs = np.zeros((n_ex, rl * rd, rl * rd) if covariance == "full" else (n_ex, rl, rd, rd), np.float32)
+    for i in range(n_ex):
+        z = core[offsets[i] : offsets[i + 1]]
+        if len(z) == 0:
+            continue
+        m, c = moments(torch.from_numpy(np.asarray(z, np.float32))[None], covariance)
+        means[i], covs[i] = m[0].numpy(), c[0].numpy()
+    return means, covs
+
+
+def reason_loss(mean_s: torch.Tensor, cov_s: torch.Tensor, mean_t: torch.Tensor, cov_t: torch.Tensor,
+                w_mean: float = 1.0, w_cov: float = 1.0, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Normalised mean and covariance mismatch (0 when the statistics match)."""
+    if valid is not None:
+        mean_s, cov_s, mean_t, cov_t = mean_s[valid], cov_s[valid], mean_t[valid], cov_t[valid]
+    mean_term = (mean_s - mean_t).pow(2).sum() / (mean_t.pow(2).sum() + EPS)
+    cov_term = (cov_s - cov_t).pow(2).sum() / (cov_t.pow(2).sum() + EPS)
+    return {"reason_mean": mean_term, "reason_cov": cov_term, "reason": w_mean * mean_term + w_cov * cov_term}
+
+
+def anchor_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Distance between student and teacher anchor states, normalised by the teacher's scale.
+
+    mse: ``|S - T|^2 / |T|^2`` pooled over the batch; smooth_l1: CODI-style smooth-L1 of
+    ``(S - T) / std(T)``.
+    """
+    if kind == "mse":
+        return (student - teacher).pow(2).sum() / (teacher.pow(2).sum() + EPS)
+    if kind == "smooth_l1":
+        std = teacher.detach().std().clamp_min(EPS)
+        return F.smooth_l1_loss(student / std, teacher / std)
+    raise ValueError(f"unknown anchor loss {kind!r} (mse | smooth_l1)")

@@ -1,0 +1,174 @@
+"""Model and tokenizer loading, building from scratch, checkpoints.
+
+Every loader takes a Hugging Face hub name, a local ``save_pretrained`` directory or a
+``.gguf`` file. Nothing is downloaded unless the user allows it: ``HF_HUB_OFFLINE`` is set
+by default (``LORI_ALLOW_DOWNLOAD=1`` lifts it), and a missing model gives an error naming
+it and saying how to provide a local path.
+
+Checkpoints are ``save_pretrained`` directories (safetensors + config json + tokenizer),
+written atomically; never pickles.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from lori.data import BOT, EOT
+from lori.io import ArtifactError, atomic_path
+
+if os.environ.get("LORI_ALLOW_DOWNLOAD") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "eos_token": "<eos>"}
+WORD_SPLIT = r"▁?\d|▁?[^▁\d]+|▁"  # digits split one per token; words keep their leading space
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda requested but no CUDA device is available (use device: auto)")
+    return torch.device(device)
+
+
+def setup_runtime(seed: int, threads: int, device: str = "auto") -> torch.device:
+    """Seed everything, cap CPU threads, pick the device."""
+    set_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    return resolve_device(device)
+
+
+# ---------------------------------------------------------------- tokenizers
+def build_word_tokenizer(texts: Iterable[str]):
+    """Word-level tokenizer built from ``texts``: digits split, exact decode round-trip.
+
+    Spaces become ``▁`` and stay attached to the following word, so decoding restores the
+    text exactly (needed to parse answers).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def make(vocab: dict) -> Tokenizer:
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+        return tok
+
+    probe = make({"<unk>": 0})
+    pieces: set[str] = set()
+    for text in texts:
+        for piece, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(text)):
+            pieces.add(piece)
+    vocab = {t: i for i, t in enumerate([*SPECIAL.values(), BOT, EOT])}
+    for piece in sorted(pieces):
+        vocab.setdefault(piece, len(vocab))
+    return PreTrainedTokenizerFast(tokenizer_object=make(vocab), additional_special_tokens=[BOT, EOT], **SPECIAL)
+
+
+def ensure_special_tokens(tokenizer, model=None):
+    """Add ``<bot>``/``<eot>`` (and a pad token) if missing; resize the model's embeddings."""
+    added = tokenizer.add_special_tokens({"additional_special_tokens": [BOT, EOT]}) if (
+        BOT not in tokenizer.get_vocab() or EOT not in tokenizer.get_vocab()) else 0
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and (added or model.get_input_embeddings().num_embeddings < len(tokenizer)):
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer
+
+
+# ---------------------------------------------------------------- models
+def build_scratch_model(scratch: dict, tokenizer):
+    """A LLaMA-architecture causal LM with random weights, sized by ``scratch``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **scratch,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _missing_model(name: str, err: Exception) -> ArtifactError:
+    return ArtifactError(
+        f"model '{name}' is not available locally and downloads are off ({type(err).__name__}). "
+        f"Give a local path instead (a save_pretrained directory or a .gguf file), or pre-fetch it "
+        f"with `huggingface-cli download {name}` and set LORI_ALLOW_DOWNLOAD=1."
+    )
+
+
+def load_pretrained(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from a hub name, a local directory or a ``.gguf`` file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name_or_path)
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    src = name_or_path
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ArtifactError(f"{path}: GGUF file not found")
+        src, kwargs["gguf_file"] = str(path.parent), path.name
+    elif gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if path.suffix != ".gguf" and (path.is_absolute() or name_or_path.startswith(".")) and not path.exists():
+        raise ArtifactError(f"{path}: model directory not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        raise _missing_model(name_or_path, e) from None
+    if "gguf_file" in kwargs:
+        # a dequantised GGUF model keeps quantizer marks that block save_pretrained
+        for attr in ("hf_quantizer", "is_quantized"):
+            if hasattr(model, attr):
+                setattr(model, attr, None if attr == "hf_quantizer" else False)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tokenizer
+
+
+def load_checkpoint(path: str | Path):
+    """Load a checkpoint written by :func:`save_checkpoint` (``model/`` dir inside)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ArtifactError(f"{path}: not a checkpoint directory (no config.json); rerun the stage that writes it")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return model, tokenizer
+
+
+def save_checkpoint(out: str | Path, model, tokenizer, extra_files: dict[str, str] | None = None,
+                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write ``model`` + ``tokenizer`` (safetensors, HF layout) and extra files, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

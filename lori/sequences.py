@@ -1,0 +1,116 @@
+"""Token sequences and padded batches for every method (see :mod:`lori.data` for layouts).
+
+Teacher sequences are right-padded (teacher forcing); student prompts are left-padded so
+that every row appends its latent thoughts at the same column, with position ids
+``cumsum(mask) - 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lori.data import ANSWER_SEP, BOT, EOT, Record, cot_text, prompt_text
+
+IGNORE = -100
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+@dataclass
+class TeacherSequence:
+    input_ids: list[int]
+    prompt_len: int          # tokens before the CoT (bos + question + ||)
+    cot_len: int             # CoT tokens: positions [prompt_len, prompt_len + cot_len)
+    anchor: int              # position predicting the first answer token (last token of ####)
+
+
+def teacher_sequence(tokenizer, record: Record, steps: list[str] | None = None) -> TeacherSequence:
+    """``[bos] question || steps #### answer <eos>`` with its CoT span and anchor."""
+    prompt = bos(tokenizer) + encode(tokenizer, prompt_text(record.question))
+    cot = encode(tokenizer, cot_text(record.steps if steps is None else steps))
+    sep = encode(tokenizer, f" {ANSWER_SEP}")
+    answer = encode(tokenizer, f" {record.answer}") + [tokenizer.eos_token_id]
+    ids = prompt + cot + sep + answer
+    return TeacherSequence(ids, len(prompt), len(cot), len(prompt) + len(cot) + len(sep) - 1)
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """Right-pad to a tensor [B, T] and its attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pad_left(seqs: list[list[int]], pad_id: int):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def teacher_batch(tokenizer, seqs: list[TeacherSequence]) -> dict[str, torch.Tensor]:
+    """Right-padded teacher batch; labels cover CoT + answer + eos (not the question)."""
+    ids, mask = pad_right([s.input_ids for s in seqs], tokenizer.pad_token_id)
+    labels = ids.clone()
+    labels[mask == 0] = IGNORE
+    for i, s in enumerate(seqs):
+        labels[i, : s.prompt_len] = IGNORE
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class StudentBatch:
+    """``[bos] question || [<bot> K thoughts <eot>] #### answer <eos>``, split in two blocks.
+
+    prompt block (left-padded) ends with ``<bot>`` when ``latent_steps > 0``; the suffix block
+    (right-padded) starts with ``<eot>`` then ``####`` then the answer. ``answer_start`` is the
+    suffix column of the first answer token (same for every row), so the anchor is
+    ``answer_start - 1``.
+    """
+    prompt_ids: torch.Tensor     # [B, P]
+    prompt_mask: torch.Tensor    # [B, P]
+    suffix_ids: torch.Tensor     # [B, S]
+    suffix_mask: torch.Tensor    # [B, S]
+    answer_start: int
+    index: torch.Tensor          # [B] dataset row of each example
+
+    def to(self, device) -> "StudentBatch":
+        return StudentBatch(self.prompt_ids.to(device), self.prompt_mask.to(device), self.suffix_ids.to(device),
+                            self.suffix_mask.to(device), self.answer_start, self.index)
+
+
+def student_prompt(tokenizer, question: str, latent_steps: int) -> list[int]:
+    ids = bos(tokenizer) + encode(tokenizer, prompt_text(question))
+    return ids + ([tokenizer.convert_tokens_to_ids(BOT)] if latent_steps > 0 else [])
+
+
+def student_suffix_head(tokenizer, latent_steps: int) -> list[int]:
+    """Forced tokens after the thoughts: ``<eot> ####`` (just ``####`` without thoughts)."""
+    head = [tokenizer.convert_tokens_to_ids(EOT)] if latent_steps > 0 else []
+    return head + encode(tokenizer, f" {ANSWER_SEP}")
+
+
+def student_batch(tokenizer, records: list[Record], latent_steps: int, index: list[int] | None = None) -> StudentBatch:
+    prompt_ids, prompt_mask = pad_left([student_prompt(tokenizer, r.question, latent_steps) for r in records],
+                                       tokenizer.pad_token_id)
+    head = student_suffix_head(tokenizer, latent_steps)
+    suffixes = [head + encode(tokenizer, f" {r.answer}") + [tokenizer.eos_token_id]
+                for r in records]
+    suffix_ids, suffix_mask = pad_right(suffixes, tokenizer.pad_token_id)
+    idx = torch.tensor(index if index is not None else list(range(len(records))), dtype=torch.long)
+    return StudentBatch(prompt_ids, prompt_mask, suffix_ids, suffix_mask, len(head), idx)

@@ -1,0 +1,74 @@
+"""Stage ``targets``: core trajectories and anchors of every training example -> Zarr.
+
+Reads the teacher, ``teacher_cot/train.jsonl`` and ``lowrank/factors.zarr``; reruns the
+teacher teacher-forced and projects each trajectory on the fly (full states are never
+stored for all examples). Writes ``targets/train.zarr`` (DESIGN.md §5):
+
+- ``core`` float32 ``[token, rank_layer, rank_hidden]`` + ``offsets [example+1]``
+- ``anchors_core`` float32 ``[example, anchor, rank_layer, rank_hidden]``
+- ``anchors`` float16 ``[example, anchor, layer, hidden]`` (full space, for full-space anchor losses)
+- ``example_id [example]``; attrs: layers, factors path and config hash.
+
+Standalone::
+
+    python -m lori.targets --teacher results/quickstart/teacher --records results/quickstart/teacher_cot/train.jsonl \
+        --factors results/quickstart/lowrank/factors.zarr --out results/quickstart/targets/train.zarr
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from lori.data import read_records
+from lori.factorize import load_factors
+from lori.io import ArtifactError
+from lori.models import load_checkpoint, setup_runtime
+from lori.trajectory import write_trajectories
+
+log = logging.getLogger("lori.targets")
+
+
+@dataclass
+class TargetsConfig:
+    batch_size: int = 64
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+
+
+def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, out: str) -> dict:
+    device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    factors, fattrs = load_factors(factors_path)
+    model, tokenizer = load_checkpoint(teacher)
+    model.to(device).eval()
+    layers = factors.layers
+    if not layers or max(layers) > model.config.num_hidden_layers:
+        raise ArtifactError(f"{factors_path}: factor layers {layers} do not fit teacher {teacher} "
+                            f"({model.config.num_hidden_layers} layers)")
+    if factors.mean.shape[1] != model.config.hidden_size:
+        raise ArtifactError(f"{factors_path}: hidden size {factors.mean.shape[1]} != teacher {teacher} "
+                            f"hidden size {model.config.hidden_size}")
+    records = read_records(records_path)
+    attrs = {"stage": "targets", "model": str(teacher), "factors": str(factors_path),
+             "factors_config_hash": fattrs.get("config_hash"), "rank_layer": factors.ranks[0],
+             "rank_hidden": factors.ranks[1], "split": "train"}
+    info = write_trajectories(out, model, tokenizer, records, layers, cfg.batch_size, device, attrs, factors)
+    log.info("targets for %d examples, %d CoT tokens, core %s -> %s", info["examples"], info["tokens"], factors.ranks, out)
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lori.cli import stage_main
+
+    def section(config, ns):
+        return {**config["targets"], "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+
+    cfg, ns = stage_main(TargetsConfig, argv, __doc__,
+                         [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),
+                          ("--factors", "factors Zarr store"), ("--out", "output targets Zarr store")], section)
+    run(cfg, ns.teacher, ns.records, ns.factors, ns.out)
+
+
+if __name__ == "__main__":
+    main()

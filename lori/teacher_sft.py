@@ -1,0 +1,97 @@
+"""Stage ``teacher_sft``: explicit-CoT supervised fine-tuning of the teacher (= the cot_sft baseline).
+
+Reads ``data/train.jsonl``; writes ``teacher/`` (safetensors + config + tokenizer, HF
+layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built from
+``--scratch`` (LLaMA architecture, word-level tokenizer from the training data) when
+``--name-or-path`` is none, else loaded from a hub name, local dir or ``.gguf`` file.
+
+Standalone::
+
+    python -m lori.teacher_sft --config config/config.yaml \
+        --train results/quickstart/data/train.jsonl --out results/quickstart/teacher \
+        --metrics results/quickstart/teacher_metrics.jsonl
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from lori.data import read_records
+from lori.models import (build_scratch_model, build_word_tokenizer, ensure_special_tokens, load_pretrained,
+                         num_params, save_checkpoint, setup_runtime)
+from lori.sequences import teacher_batch, teacher_sequence
+from lori.train import OptimConfig, fit
+
+log = logging.getLogger("lori.teacher_sft")
+
+
+@dataclass
+class TeacherSFTConfig(OptimConfig):
+    name_or_path: str | None = None      # hub name / local dir / .gguf; None = from scratch
+    gguf_file: str | None = None
+    tokenizer: str = "word"              # word | pretrained
+    scratch: dict = field(default_factory=dict)   # LlamaConfig fields for from-scratch models
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    steps: int = 700
+    lr: float = 2e-3
+
+    def __post_init__(self):
+        if self.tokenizer == "word" and self.name_or_path:
+            raise ValueError("tokenizer 'word' is for from-scratch models; use 'pretrained' with name_or_path")
+        if self.tokenizer not in ("word", "pretrained"):
+            raise ValueError(f"tokenizer must be word | pretrained, got {self.tokenizer!r}")
+
+
+def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
+    if cfg.name_or_path:
+        model, tokenizer = load_pretrained(cfg.name_or_path, cfg.gguf_file)
+        ensure_special_tokens(tokenizer, model)
+    else:
+        tokenizer = build_word_tokenizer(texts)
+        model = build_scratch_model(cfg.scratch, tokenizer)
+    return model, tokenizer
+
+
+def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None) -> list[dict]:
+    device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    records = read_records(train)
+    texts = [f"{r.question} || {r.cot} #### {r.answer}" for r in records]
+    model, tokenizer = build_teacher(cfg, texts)
+    model.to(device).train()
+    log.info("teacher: %.2fM parameters, vocab %d, %d training problems, device %s",
+             num_params(model) / 1e6, len(tokenizer), len(records), device)
+    seqs = [teacher_sequence(tokenizer, r) for r in records]
+    limit = model.config.max_position_embeddings
+    too_long = [r.id for r, s in zip(records, seqs) if len(s.input_ids) > limit]
+    if too_long:
+        raise ValueError(f"{len(too_long)} sequences exceed max_position_embeddings={limit} (e.g. {too_long[:3]})")
+
+    def loss_step(idx: list[int]):
+        batch = {k: v.to(device) for k, v in teacher_batch(tokenizer, [seqs[i] for i in idx]).items()}
+        return {"loss": model(**batch).loss}
+
+    rows = fit(list(model.parameters()), loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft")
+    model.eval()
+    save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(asdict(cfg), indent=2)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lori.cli import stage_main
+
+    def section(config, ns):
+        return {**config["model"], **config["teacher_sft"], "seed": config["seed"],
+                "threads": config["threads"], "device": config["device"]}
+
+    cfg, ns = stage_main(TeacherSFTConfig, argv, __doc__,
+                         [("--train", "training records jsonl"), ("--out", "checkpoint directory"),
+                          ("--metrics", "(optional) metrics jsonl")], section)
+    run(cfg, ns.train, ns.out, ns.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Teacher hidden-state trajectories, read teacher-forced over the teacher's own CoT.
+
+Shared by ``dump_hidden`` (full-resolution states of a calibration set) and ``targets``
+(core trajectories of every training example). A trajectory is the teacher's hidden
+states at the CoT token positions, for the selected layers: ``[n_i, L, d]``; the anchor is
+the state at the position that predicts the first answer token.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import lori
+from lori.data import Record, iter_batches
+from lori.io import atomic_path, zarr_create, zarr_put
+from lori.lowrank import Factors
+from lori.sequences import teacher_batch, teacher_sequence
+
+ANCHOR_POSITIONS = ["answer_start"]
+
+
+@torch.no_grad()
+def teacher_states(model, tokenizer, records: list[Record], layers: list[int], batch_size: int,
+                   device) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Per batch: the trajectories ``[n_i, L, d]`` and anchors ``[B, 1, L, d]`` (float32, on device)."""
+    for batch in tqdm(list(iter_batches(records, batch_size)), desc="teacher states", mininterval=5, disable=None):
+        seqs = [teacher_sequence(tokenizer, r) for r in batch]
+        inputs = teacher_batch(tokenizer, seqs)
+        out = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+                    output_hidden_states=True)
+        states = torch.stack([out.hidden_states[l] for l in layers], dim=2).float()   # [B, T, L, d]
+        rows = torch.arange(len(seqs), device=states.device)
+        anchors = states[rows, torch.tensor([s.anchor for s in seqs], device=states.device)][:, None]
+        trajectories = [states[i, s.prompt_len : s.prompt_len + s.cot_len] for i, s in enumerate(seqs)]
+        yield trajectories, anchors
+
+
+def cot_lengths(tokenizer, records: list[Record]) -> np.ndarray:
+    return np.array([teacher_sequence(tokenizer, r).cot_len for r in records], dtype=np.int64)
+
+
+def write_trajectories(out: str | Path, model, tokenizer, records: list[Record], layers: list[int],
+                       batch_size: int, device, attrs: dict, factors: Factors | None = None) -> dict:
+    """Stream trajectories of ``records`` into a Zarr store, atomically.
+
+    Without ``factors`` (dump_hidden): ``states`` float16 [tokens, L, d] and ``anchors``.
+    With ``factors`` (targets): ``core`` float32 [tokens, r_L, r_d], ``anchors_core`` and
+    the full-space ``anchors`` (for full-space anchor losses).
+    """
+    import zarr
+
+    lengths = cot_lengths(tokenizer, records)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n_layers, hidden = len(layers), model.config.hidden_size
+    with atomic_path(out) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        group.attrs.update({**attrs, "layers": layers, "anchor_positions": ANCHOR_POSITIONS,
+                            "lori_version": lori.__version__, "examples": len(records), "tokens": int(offsets[-1])})
+        zarr_put(group, "offsets", offsets, ["example_plus_one"])
+        zarr_put(group, "example_id", np.array([r.id for r in records], dtype=str), ["example"])
+        anchors = zarr_create(group, "anchors", (len(records), 1, n_layers, hidden), "float16",
+                              ["example", "anchor", "layer", "hidden"], chunks=(max(1, min(len(records), 256)), 1, n_layers, hidden),
+                              positions=ANCHOR_POSITIONS)
+        tok_chunk = max(1, min(int(offsets[-1]) or 1, (16 << 20) // (n_layers * hidden * 4)))
+        if factors is None:
+            main = zarr_create(group, "states", (int(offsets[-1]), n_layers, hidden), "float16",
+                               ["token", "layer", "hidden"], chunks=(tok_chunk, n_layers, hidden))
+        else:
+            rl, rd = factors.ranks
+            main = zarr_create(group, "core", (int(offsets[-1]), rl, rd), "float32",
+                               ["token", "rank_layer", "rank_hidden"], chunks=(tok_chunk, rl, rd))
+            anchors_core = zarr_create(group, "anchors_core", (len(records), 1, rl, rd), "float32",
+                                       ["example", "anchor", "rank_layer", "rank_hidden"], positions=ANCHOR_POSITIONS)
+            factors = factors.to(device)
+        ex = 0
+        for trajectories, anchor_states in teacher_states(model, tokenizer, records, layers, batch_size, device):
+            b = len(trajectories)
+            flat = torch.cat(trajectories) if trajectories else anchor_states[:0, 0]
+            lo, hi = int(offsets[ex]), int(offsets[ex + b])
+            if factors is None:
+                main[lo:hi] = flat.cpu().numpy().astype(np.float16)
+            else:
+                main[lo:hi] = factors.project(flat).cpu().numpy()
+                anchors_core[ex : ex + b] = factors.project(anchor_states).cpu().numpy()
+            anchors[ex : ex + b] = anchor_states.cpu().numpy().astype(np.float16)
+            ex += b
+    return {"examples": len(records), "tokens": int(offsets[-1]), "mean_cot_tokens": float(lengths.mean())}

@@ -1,0 +1,231 @@
+"""Tests for lori.config: schema validation with defaults, loud errors, stage CLIs."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shlex
+
+import pytest
+import yaml
+
+from lori.config import (DEFAULT_CONFIG, ConfigError, config_hash, load_config, load_schema, parse_stage_args,
+                         to_flags, validate_config)
+from lori.dump_hidden import DumpHiddenConfig
+from lori.evaluate import EvaluateConfig
+from lori.factorize import FactorizeConfig
+from lori.targets import TargetsConfig
+from lori.teacher_cot import TeacherCoTConfig
+from lori.train import OptimConfig
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def errors_of(raw, mutate) -> str:
+    cfg = copy.deepcopy(raw)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, "cfg.yaml")
+    return str(e.value)
+
+
+def parse(cls, argv):
+    cfg, _ = parse_stage_args(cls, argv, "test", [])
+    return cfg
+
+
+# ---------------------------------------------------------------- load / validate
+def test_default_config_loads_with_defaults(raw):
+    cfg = load_config()
+    assert cfg["run"] == "quickstart"
+    assert cfg["methods"] == ["cot_sft", "no_cot", "lori"]
+    assert cfg["factorize"] == {"rank_layer": 2, "rank_hidden": 16, "energy": None, "center": True,
+                                "layer_scaling": "layer_rms", "chunk_tokens": 8192}
+    # defaults filled for keys the file leaves out
+    assert cfg["data"]["train"] == {"kind": "quickstart", "n": 4000, "path": None, "seed": None,
+                                    "min_steps": None, "max_steps": None}
+    assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 4
+    assert "report" in raw and cfg["report"]["title"] == "LoRi quickstart"
+
+
+def test_minimal_config_fills_nested_defaults():
+    cfg = validate_config({"run": "r", "methods": ["cot_sft"],
+                           "data": {"train": {"kind": "quickstart"}, "benchmarks": {"t": {"kind": "quickstart"}}}})
+    assert cfg["seed"] == 0 and cfg["threads"] == 2 and cfg["device"] == "auto"
+    assert cfg["model"]["scratch"]["hidden_size"] == 128
+    assert cfg["teacher_sft"]["steps"] == 700 and cfg["teacher_sft"]["betas"] == [0.9, 0.98]
+    assert cfg["distill"]["common"]["init"] == "teacher"
+    assert cfg["data"]["quickstart"] == {"min_steps": 2, "max_steps": 4, "max_value": 99}
+    assert cfg["dump_hidden"]["layers"] == "all"
+    assert cfg["evaluate"] == {"batch_size": 250, "max_new_tokens": 96}
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("mutate, key, fragment", [
+    (lambda c: c["teacher_sft"].update(steps="abc"), "teacher_sft.steps", "'abc' is not of type 'integer'"),
+    (lambda c: c.update(foo=1), "<top>", "'foo' was unexpected"),
+    (lambda c: c["factorize"].update(rnak_layer=2), "factorize", "'rnak_layer' was unexpected"),
+    (lambda c: c["factorize"].update(rank_layer=-1), "factorize.rank_layer", "-1 is less than the minimum of 1"),
+    (lambda c: c["factorize"].update(energy=1.5), "factorize.energy", "1.5 is greater than the maximum of 1"),
+    (lambda c: c["methods"].append("bogus"), "methods.3", "'bogus' is not one of"),
+    (lambda c: c["distill"]["lori"].update(covariance="diag"), "distill.lori.covariance", "'diag'"),
+    (lambda c: c["dump_hidden"].update(layers="every_k:0"), "dump_hidden.layers", "every_k:0"),
+])
+def test_invalid_values_name_the_key(raw, mutate, key, fragment):
+    msg = errors_of(raw, mutate)
+    assert msg.startswith("cfg.yaml: 1 config error(s):")
+    line = [l for l in msg.splitlines() if l.strip().startswith(key + ":")]
+    assert line, msg
+    assert fragment in line[0]
+
+
+def test_multiple_errors_reported_together(raw):
+    def mutate(c):
+        c["teacher_sft"]["steps"] = "abc"
+        c["factorize"]["energy"] = 1.5
+        c["factorize"]["rnak_layer"] = 3
+    msg = errors_of(raw, mutate)
+    assert "3 config error(s)" in msg
+    assert "teacher_sft.steps:" in msg and "factorize.energy:" in msg and "'rnak_layer'" in msg
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda c: c["data"]["quickstart"].update(min_steps=5), "data.train: min_steps 5 > max_steps 4"),
+    (lambda c: c["methods"].append("codi"), "methods: 'codi' has no distill.codi section"),
+    (lambda c: c["factorize"].update(rank_layer=None), "factorize: set rank_layer and rank_hidden, or energy"),
+    (lambda c: c["data"]["benchmarks"].update(gsm={"kind": "gsm8k_aug"}), "data.gsm: kind 'gsm8k_aug' needs a path"),
+])
+def test_consistency_errors(raw, mutate, fragment):
+    msg = errors_of(raw, mutate)
+    assert "inconsistent config" in msg and fragment in msg
+
+
+def test_adaptive_ranks_are_consistent(raw):
+    cfg = copy.deepcopy(raw)
+    cfg["factorize"].update(rank_layer=None, rank_hidden=None, energy=0.9)
+    assert validate_config(cfg)["factorize"]["energy"] == 0.9
+
+
+def test_benchmark_step_override_consistency(raw):
+    msg = errors_of(raw, lambda c: c["data"]["benchmarks"]["longer"].update(min_steps=6, max_steps=5))
+    assert "data.longer" in msg
+
+
+def test_config_hash_stable_and_order_independent():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    assert len(config_hash({})) == 16
+
+
+# ---------------------------------------------------------------- stage CLIs
+@pytest.mark.parametrize("cfg", [
+    FactorizeConfig(),
+    FactorizeConfig(rank_layer=None, rank_hidden=None, energy=0.95, center=False, layer_scaling="none",
+                    chunk_tokens=7),
+    FactorizeConfig(rank_layer=3, rank_hidden=None, energy=0.5, center=True),
+])
+def test_to_flags_round_trip_factorize(cfg):
+    flags = to_flags(dataclasses.asdict(cfg))
+    back = parse(FactorizeConfig, shlex.split(flags))
+    assert back == cfg
+    assert type(back.center) is bool and type(back.chunk_tokens) is int
+
+
+def test_to_flags_text():
+    assert to_flags({"energy": None, "center": False, "rank_layer": 2, "betas": [0.9, 0.98], "title": "a b"}) == \
+        "--energy none --center false --rank-layer 2 --betas '[0.9, 0.98]' --title 'a b'"
+
+
+def test_to_flags_list_values_round_trip():
+    back = parse(OptimConfig, shlex.split(to_flags({"betas": [0.5, 0.75], "steps": 3, "lr": 1e-4})))
+    assert list(back.betas) == [0.5, 0.75]
+    assert back.steps == 3 and back.lr == 1e-4
+
+
+def test_to_flags_tuple_round_trip():
+    back = parse(OptimConfig, shlex.split(to_flags(dataclasses.asdict(OptimConfig(betas=(0.5, 0.75))))))
+    assert tuple(back.betas) == (0.5, 0.75)
+
+
+def test_to_flags_layer_list_round_trip():
+    back = parse(DumpHiddenConfig, shlex.split(to_flags({"layers": [1, 2, 3]})))
+    assert back.layers == [1, 2, 3]
+
+
+def test_layer_spec_string_round_trip():
+    assert parse(DumpHiddenConfig, shlex.split(to_flags({"layers": "every_k:2"}))).layers == "every_k:2"
+
+
+@pytest.mark.parametrize("argv, center", [(["--center"], True), (["--center", "false"], False),
+                                          (["--center", "yes"], True), (["--center", "0"], False), ([], True)])
+def test_bool_flags(argv, center):
+    assert parse(FactorizeConfig, argv).center is center
+
+
+def test_bare_bool_flag_before_another_flag():
+    cfg = parse(FactorizeConfig, ["--center", "--rank-layer", "3"])
+    assert cfg.center is True and cfg.rank_layer == 3
+
+
+@pytest.mark.parametrize("argv", [["--rank-layer", "abc"], ["--center", "maybe"], ["--energy", "x"],
+                                  ["--no-such-flag", "1"]])
+def test_bad_cli_values_exit(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse(FactorizeConfig, argv)
+    assert e.value.code == 2
+
+
+def test_post_init_errors_become_config_errors():
+    with pytest.raises(ConfigError, match="rank_layer must be >= 1, got 0"):
+        parse(FactorizeConfig, ["--rank-layer", "0"])
+    with pytest.raises(ConfigError, match=r"energy must be in \(0, 1\], got 1.5"):
+        parse(FactorizeConfig, ["--energy", "1.5"])
+
+
+def test_config_file_section_then_cli_override(tmp_path, raw):
+    cfg = copy.deepcopy(raw)
+    cfg["factorize"]["rank_hidden"] = 5
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out, _ = parse_stage_args(FactorizeConfig, ["--config", str(p), "--rank-layer", "3"], "t", [],
+                              section=lambda c, ns: c["factorize"])
+    assert (out.rank_layer, out.rank_hidden, out.layer_scaling) == (3, 5, "layer_rms")
+
+
+def test_required_path_flags():
+    _, ns = parse_stage_args(FactorizeConfig, ["--out", "o.zarr"], "t", [("--out", "output"), ("--extra", "(optional) x")])
+    assert ns.out == "o.zarr" and ns.extra is None
+    with pytest.raises(SystemExit):
+        parse_stage_args(FactorizeConfig, [], "t", [("--out", "output")])
+
+
+# ---------------------------------------------------------------- one place for defaults
+@pytest.mark.parametrize("section, cls", [
+    ("factorize", FactorizeConfig),
+    ("dump_hidden", DumpHiddenConfig),
+    ("teacher_cot", TeacherCoTConfig),
+    ("targets", TargetsConfig),
+    ("evaluate", EvaluateConfig),
+])
+def test_schema_defaults_match_dataclass_defaults(section, cls):
+    props = load_schema()["properties"][section]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert props, section
+    for key, spec in props.items():
+        assert key in fields, f"schema {section}.{key} has no {cls.__name__} field"
+        assert "default" in spec, f"schema {section}.{key} has no default"
+        assert spec["default"] == fields[key].default, f"{section}.{key}: schema {spec['default']!r} != " \
+                                                       f"{cls.__name__} {fields[key].default!r}"

@@ -1,0 +1,54 @@
+# Shared helpers: config validation (before any job), output paths, stage flags.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even when not installed
+
+from lori.config import to_flags, validate_config
+from lori.distill import DistillConfig
+
+validate_config(config, "config")
+
+R = f"results/{config['run']}"
+METHODS = list(config["methods"])
+STUDENTS = [m for m in METHODS if m != "cot_sft"]
+BENCHES = list(config["data"]["benchmarks"])
+SPLITS = ["train", *BENCHES]
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    bench="|".join(BENCHES),
+    method="|".join(METHODS),
+
+
+def runtime_flags():
+    """Seed and device for every model stage (threads come from the rule's `threads`)."""
+    return to_flags({"seed": config["seed"], "device": config["device"]})
+
+
+def split_spec(split):
+    """A split's dataset spec, merged with the generator settings (only what affects it)."""
+    spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]
+    values = {k: v for k, v in spec.items() if v is not None}
+    if spec["kind"] == "quickstart":
+        values = {**config["data"]["quickstart"], "global_seed": config["seed"], **values}
+    return {"split": split, **values}
+
+
+def method_config(method):
+    """distill.common + distill.<method>: exactly the knobs of one student."""
+    return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method}
+
+
+def needs_targets(method):
+    cfg = {k: v for k, v in method_config(method).items()}
+    return DistillConfig(**cfg).needs_targets
+
+
+def model_dir(method):
+    return f"{R}/teacher" if method == "cot_sft" else f"{R}/students/{method}"
+
+
+def get_final_output():
+    return [f"{R}/report/report.md", f"{R}/report/report.html"]

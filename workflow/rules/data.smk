@@ -1,0 +1,12 @@
+rule prepare_data:
+    input:
+        exclude=lambda wc: [] if wc.split == "train" else [f"{R}/data/train.jsonl"],
+    output:
+        f"{R}/data/{{split}}.jsonl",
+    log:
+        f"{R}/logs/prepare_data/{{split}}.log",
+    params:
+        args=lambda wc: to_flags(split_spec(wc.split)),
+        exclude=lambda wc, input: f"--exclude {','.join(input.exclude)}" if input.exclude else "",
+    shell:
+        "python -m lori.prepare_data {params.args} {params.exclude} --out {output} > {log} 2>&1"

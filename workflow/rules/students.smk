@@ -1,0 +1,49 @@
+def distill_inputs(wc):
+    inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
+    if needs_targets(wc.method):
+        inputs.update(targets=f"{R}/targets/train.zarr", factors=f"{R}/lowrank/factors.zarr")
+    return inputs
+
+
+rule distill:
+    input:
+        unpack(distill_inputs),
+    output:
+        model=directory(f"{R}/students/{{method}}"),
+        metrics=f"{R}/students/{{method}}_metrics.jsonl",
+    log:
+        f"{R}/logs/distill/{{method}}.log",
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        args=lambda wc: to_flags(method_config(wc.method)),
+        lowrank=lambda wc, input: (
+            f"--targets {input.targets} --factors {input.factors}" if "targets" in input.keys() else ""
+        ),
+        runtime=runtime_flags(),
+    shell:
+        "python -m lori.distill --teacher {input.teacher} --records {input.records} {params.lowrank} "
+        "--out {output.model} --metrics {output.metrics} {params.args} {params.runtime} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=lambda wc: model_dir(wc.method),
+        data=f"{R}/data/{{bench}}.jsonl",
+    output:
+        rows=f"{R}/eval/{{method}}/{{bench}}.jsonl",
+        summary=f"{R}/eval/{{method}}/{{bench}}.json",
+    log:
+        f"{R}/logs/evaluate/{{method}}/{{bench}}.log",
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        args=to_flags(config["evaluate"]),
+        runtime=runtime_flags(),
+    shell:
+        "python -m lori.evaluate --method {wildcards.method} --bench {wildcards.bench} --model {input.model} "
+        "--data {input.data} --out {output.rows} --summary {output.summary} {params.args} {params.runtime} "
+        "--threads {threads} > {log} 2>&1"

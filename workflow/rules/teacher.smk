@@ -1,0 +1,37 @@
+rule teacher_sft:
+    input:
+        train=f"{R}/data/train.jsonl",
+    output:
+        model=directory(f"{R}/teacher"),
+        metrics=f"{R}/teacher_metrics.jsonl",
+    log:
+        f"{R}/logs/teacher_sft.log",
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        args=to_flags({**config["model"], **config["teacher_sft"]}),
+        runtime=runtime_flags(),
+    shell:
+        "python -m lori.teacher_sft --train {input.train} --out {output.model} --metrics {output.metrics} "
+        "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+
+
+rule teacher_cot:
+    input:
+        teacher=f"{R}/teacher",
+        train=f"{R}/data/train.jsonl",
+    output:
+        records=f"{R}/teacher_cot/train.jsonl",
+        summary=f"{R}/teacher_cot/summary.json",
+    log:
+        f"{R}/logs/teacher_cot.log",
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        args=to_flags(config["teacher_cot"]),
+        runtime=runtime_flags(),
+    shell:
+        "python -m lori.teacher_cot --teacher {input.teacher} --train {input.train} --out {output.records} "
+        "--summary {output.summary} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
