@@ -130,25 +130,30 @@ def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, obje
 
 def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, records, targets, factors, device):
     """The method's ``loss_step(indices) -> {loss, task, reason*, anchor}``."""
+    device = torch.device(device)
     layers = factors.layers if factors is not None else None
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         batch = student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device)
         out = student(batch, layers if cfg.needs_targets else None)
         terms = {"task": out.task_loss}
-        loss = out.task_loss
-        if cfg.alpha > 0:
-            mean_s, cov_s = moments(factors.project(out.thoughts), cfg.covariance)     # [B, K, r_L, r_d] -> stats
-            valid = (targets.lengths[idx] > 0).to(device)
-            terms.update(reason_loss(mean_s, cov_s, targets.mean[idx], targets.cov[idx], cfg.w_mean, cfg.w_cov, valid))
-            loss = loss + cfg.alpha * terms["reason"]
-        if cfg.gamma > 0:
-            if cfg.anchor_space == "core":
-                a_s, a_t = factors.project(out.anchor), targets.anchor_core[idx]
-            else:
-                a_s, a_t = factors.normalize(out.anchor), factors.normalize(targets.anchor_full[idx])
-            terms["anchor"] = anchor_loss(a_s, a_t, cfg.anchor_loss)
-            loss = loss + cfg.gamma * terms["anchor"]
+        loss = out.task_loss.float()
+        # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
+        with torch.autocast(device.type, enabled=False):
+            if cfg.alpha > 0:
+                core = factors.project(out.thoughts.float())                       # [B, K, r_L, r_d]
+                mean_s, cov_s = moments(core, cfg.covariance)
+                valid = (targets.lengths[idx] > 0).to(device)
+                terms.update(reason_loss(mean_s, cov_s, targets.mean[idx], targets.cov[idx], cfg.w_mean, cfg.w_cov, valid))
+                loss = loss + cfg.alpha * terms["reason"]
+            if cfg.gamma > 0:
+                anchor = out.anchor.float()                                        # [B, L, d]
+                if cfg.anchor_space == "core":
+                    a_s, a_t = factors.project(anchor), targets.anchor_core[idx]
+                else:
+                    a_s, a_t = factors.normalize(anchor), factors.normalize(targets.anchor_full[idx])
+                terms["anchor"] = anchor_loss(a_s, a_t, cfg.anchor_loss)
+                loss = loss + cfg.gamma * terms["anchor"]
         terms["loss"] = loss
         return terms
 

@@ -1,4 +1,7 @@
-"""Batched greedy decoding with a KV cache and left padding (teacher CoT and students)."""
+"""Batched greedy decoding with a KV cache and left padding (teacher CoT and students).
+
+``temperature > 0`` samples instead (teacher_cot's optional extra samples per question).
+"""
 from __future__ import annotations
 
 import functools
@@ -10,6 +13,7 @@ import torch
 
 from lori.sequences import bos, encode, pad_left
 from lori.data import prompt_text
+from lori.precision import autocast_context
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,16 +36,21 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def greedy_continue(model, past, attention_mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor,
-                    max_new_tokens: int, eos_id: int, pad_id: int) -> list[list[int]]:
+                    max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 0.0) -> list[list[int]]:
     """Greedy tokens after a cached prefix; stops per row at ``eos_id`` (kept in the output).
 
     ``logits`` [B, V] predict the first new token; ``next_pos`` [B] is its position.
+    ``temperature > 0`` samples from ``softmax(logits / temperature)`` instead of the argmax.
     """
     batch = logits.shape[0]
     done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     steps = []
     for _ in range(max_new_tokens):
-        token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
+        if temperature > 0:
+            choice = torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1)[:, 0]
+        else:
+            choice = logits.argmax(-1)
+        token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), choice)
         steps.append(token)
         done = done | (token == eos_id)
         if bool(done.all()) or len(steps) == max_new_tokens:
@@ -65,13 +74,14 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, device) -> list[Generation]:
-    """Explicit-CoT greedy generation for one batch of questions (teacher / cot_sft)."""
+def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, device,
+                 temperature: float = 0.0) -> list[Generation]:
+    """Explicit-CoT generation for one batch of questions (teacher / cot_sft): greedy, or sampled."""
     start = time.perf_counter()
     ids, mask = pad_left([bos(tokenizer) + encode(tokenizer, prompt_text(q)) for q in questions], tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
     out, past = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
     rows = greedy_continue(model, past, mask, mask.sum(1), out.logits[:, -1], max_new_tokens,
-                           tokenizer.eos_token_id, tokenizer.pad_token_id)
+                           tokenizer.eos_token_id, tokenizer.pad_token_id, temperature)
     per = (time.perf_counter() - start) / len(questions)
     return [Generation(tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]

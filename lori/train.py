@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from lori.precision import autocast_context, params_device
+
 log = logging.getLogger("lori.train")
 
 
@@ -58,6 +60,7 @@ def fit(params: list[torch.nn.Parameter], loss_step: Callable[[list[int]], dict[
         desc: str = "train") -> list[dict]:
     """Run ``cfg.steps`` optimizer steps; return the logged metric rows."""
     fused = all(p.is_cuda for p in params)
+    device = params_device(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps))
@@ -66,7 +69,8 @@ def fit(params: list[torch.nn.Parameter], loss_step: Callable[[list[int]], dict[
     bar = tqdm(range(cfg.steps), desc=desc, mininterval=5, disable=None)
     for step in bar:
         idx = next(stream)
-        terms = loss_step(idx)
+        with autocast_context(device):
+            terms = loss_step(idx)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             values = {k: float(v.detach()) for k, v in terms.items()}

@@ -18,6 +18,7 @@ import lori
 from lori.data import Record, iter_batches
 from lori.io import atomic_path, zarr_create, zarr_put
 from lori.lowrank import Factors
+from lori.precision import autocast_context
 from lori.sequences import teacher_batch, teacher_sequence
 
 ANCHOR_POSITIONS = ["answer_start"]
@@ -30,8 +31,9 @@ def teacher_states(model, tokenizer, records: list[Record], layers: list[int], b
     for batch in tqdm(list(iter_batches(records, batch_size)), desc="teacher states", mininterval=5, disable=None):
         seqs = [teacher_sequence(tokenizer, r) for r in batch]
         inputs = teacher_batch(tokenizer, seqs)
-        out = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
-                    output_hidden_states=True)
+        with autocast_context(device):
+            out = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+                        output_hidden_states=True)
         states = torch.stack([out.hidden_states[l] for l in layers], dim=2).float()   # [B, T, L, d]
         rows = torch.arange(len(seqs), device=states.device)
         anchors = states[rows, torch.tensor([s.anchor for s in seqs], device=states.device)][:, None]

@@ -15,7 +15,7 @@ rule distill:
         f"{R}/logs/distill/{{method}}.log",
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=0 if config["device"] == "cpu" else 1,
     params:
         args=lambda wc: to_flags(method_config(wc.method)),
         lowrank=lambda wc, input: (
@@ -39,7 +39,7 @@ rule evaluate:
         f"{R}/logs/evaluate/{{method}}/{{bench}}.log",
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=0 if config["device"] == "cpu" else 1,
     params:
         args=to_flags(config["evaluate"]),
         runtime=runtime_flags(),

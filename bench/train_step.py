@@ -1,0 +1,128 @@
+"""Benchmark 3: cost of one training step per method, measured in one process on the same batches.
+
+- ``no_cot SFT``: the student answering directly (K = 0), answer cross-entropy only;
+- ``CoT SFT``: the teacher's explicit-CoT step (full question + CoT + answer sequence);
+- ``LoRi``: K latent thoughts + L_reason (precomputed teacher statistics) + L_anchor;
+- ``CODI-style``: K latent thoughts + a teacher forward *in the loop* for the anchor target.
+
+    python bench/train_step.py [--run results/quickstart] [--steps 20] [--batch-size 64]
+
+Needs the artifacts of a finished run (teacher, targets, factors). The last line prints LoRi / SFT.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from lori.data import read_records
+from lori.distill import DistillConfig, TeacherTargets, build_student, make_loss_step
+from lori.factorize import load_factors
+from lori.losses import anchor_loss
+from lori.models import load_checkpoint, resolve_device
+from lori.sequences import student_batch, teacher_batch, teacher_sequence
+
+
+def timed(step, batches, device, warmup: int = 3) -> float:
+    for idx in batches[:warmup]:
+        step(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for idx in batches[warmup:]:
+        step(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="results/quickstart")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--latent-steps", type=int, default=6)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    run = Path(args.run)
+    for p in ("teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"):
+        if not (run / p).exists():
+            raise SystemExit(f"error: {run / p} is missing; run the pipeline first (snakemake --cores 2)")
+    records = read_records(run / "teacher_cot/train.jsonl")
+    factors, _ = load_factors(str(run / "lowrank/factors.zarr"))
+    targets = TeacherTargets(str(run / "targets/train.zarr"), [r.id for r in records], "full").to(device)
+    factors = factors.to(device)
+    rng = random.Random(0)
+    batches = [rng.sample(range(len(records)), args.batch_size) for _ in range(args.steps + 3)]
+
+    def recipe(cfg: DistillConfig):
+        student, tok = build_student(cfg, str(run / "teacher"))
+        student.to(device).train()
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        loss_step = make_loss_step(cfg, student, tok, records, targets, factors, device)
+
+        def step(idx):
+            loss = loss_step(idx)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step, student, tok
+
+    no_cot, _, _ = recipe(DistillConfig(method="no_cot", device=device.type))
+    lori, _, _ = recipe(DistillConfig(method="lori", latent_steps=args.latent_steps, device=device.type))
+    codi_cfg = DistillConfig(method="codi", latent_steps=args.latent_steps, device=device.type)
+    _, codi_student, tok = recipe(codi_cfg)
+    teacher, _ = load_checkpoint(run / "teacher")
+    teacher.to(device).eval()
+    cot_model, _ = load_checkpoint(run / "teacher")
+    cot_model.to(device).train()
+    cot_opt = torch.optim.AdamW(cot_model.parameters(), lr=1e-4)
+    codi_opt = torch.optim.AdamW(codi_student.parameters(), lr=1e-4)
+    seqs = [teacher_sequence(tok, r) for r in records]
+
+    def cot_sft(idx):
+        batch = {k: v.to(device) for k, v in teacher_batch(tok, [seqs[i] for i in idx]).items()}
+        loss = cot_model(**batch).loss
+        cot_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        cot_opt.step()
+
+    def codi_online(idx):
+        # the teacher runs every step (CODI's self-distillation cost), then the anchor is matched
+        with torch.no_grad():
+            tb = teacher_batch(tok, [seqs[i] for i in idx])
+            out = teacher(input_ids=tb["input_ids"].to(device), attention_mask=tb["attention_mask"].to(device),
+                          output_hidden_states=True)
+            rows = torch.arange(len(idx), device=device)
+            anchor_pos = torch.tensor([seqs[i].anchor for i in idx], device=device)
+            t_anchor = torch.stack([out.hidden_states[l][rows, anchor_pos] for l in factors.layers], dim=1)
+        batch = student_batch(tok, [records[i] for i in idx], codi_cfg.latent_steps, idx).to(device)
+        s = codi_student(batch, factors.layers)
+        loss = s.task_loss + anchor_loss(factors.normalize(s.anchor), factors.normalize(t_anchor), "smooth_l1")
+        codi_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        codi_opt.step()
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{args.threads} threads"
+    print(f"# train-step benchmark on {name}; batch {args.batch_size}, K={args.latent_steps}, {args.steps} timed steps")
+    results = {}
+    for label, fn in [("no_cot SFT", no_cot), ("CoT SFT", cot_sft), ("LoRi", lori), ("CODI-style", codi_online)]:
+        results[label] = timed(fn, batches, device)
+    base = results["no_cot SFT"]
+    print(f"{'method':>12} {'ms/step':>9} {'vs no_cot SFT':>14} {'vs CoT SFT':>11}")
+    for label, t in results.items():
+        print(f"{label:>12} {1000 * t:>9.1f} {t / base:>13.2f}x {t / results['CoT SFT']:>10.2f}x")
+    print(f"RESULT LoRi step / no_cot SFT step = {results['LoRi'] / base:.2f}x (goal <= 1.2x); "
+          f"LoRi / CoT SFT = {results['LoRi'] / results['CoT SFT']:.2f}x; LoRi / CODI-style = "
+          f"{results['LoRi'] / results['CODI-style']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
