@@ -1,0 +1,30 @@
+"""Workflow profiles (cluster, local GPU) plan the same DAG; checked with dry runs, offline."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.test_workflow import MICRO, ROOT, STAGES, planned_jobs, snakemake
+
+PROFILES = ROOT / "workflow" / "profiles"
+
+
+@pytest.mark.parametrize("profile", ["local-gpu", "slurm"])
+def test_profile_dry_run(profile, tmp_path):
+    if profile == "slurm" and importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[cluster]')")
+    res = snakemake(tmp_path, "-n", "--workflow-profile", str(PROFILES / profile), configfile=MICRO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert STAGES <= set(planned_jobs(res))
+
+
+def test_slurm_profile_requests_gpus_for_model_stages():
+    import yaml
+
+    cfg = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    assert cfg["executor"] == "slurm"
+    for rule in ("teacher_sft", "teacher_cot", "dump_hidden", "targets", "distill", "evaluate"):
+        assert cfg["set-resources"][rule]["gpu"] == 1, rule
+    assert "gpu" not in cfg["set-resources"]["factorize"]
