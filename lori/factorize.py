@@ -1,39 +1,55 @@
 """Stage ``factorize``: mode-Gram factorization of the dumped teacher trajectories.
 
-Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``) in chunks of
-``--chunk-tokens`` — two streamed passes (moments, then Grams) plus one to measure the joint
-energy captured, memory O(L^2 + d^2 + one chunk) — and writes ``lowrank/factors.zarr``:
+Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``, ``offsets``) in streamed
+passes (:mod:`lori.factor_passes`: moments, Grams, optional HOOI refinement, per-example
+diagnostics; memory O(L^2 + d^2 + one chunk), whatever the number of tokens) and writes
+``lowrank/factors.zarr``:
 
 - ``U_layer [layer, r_layer]``, ``U_hidden [hidden, r_hidden]`` — orthonormal columns
 - ``spectrum_layer [layer]``, ``spectrum_hidden [hidden]`` — mode-Gram eigenvalues, descending
 - ``mean [layer, hidden]`` (zeros when not centred), ``scale [layer]`` (ones without scaling)
-- attrs: ranks, energy threshold, energy captured per mode and jointly, centred flag,
-  tokens seen, layers, config hash.
+- per example of the dump: ``effective_rank``, ``cot_length``, ``energy_captured`` (fraction of
+  the example's energy kept by the global factors), ``example_id``
+- attrs: ranks, energy threshold, energy captured per mode (top-r share of the mode spectrum)
+  and jointly (by the factors, measured), centred flag, layer scaling, method, relative
+  reconstruction error per HOOI iteration, tokens and examples seen, layers, config hash.
 
 Ranks: explicit ``--rank-layer/--rank-hidden`` win; otherwise the smallest rank reaching
-``--energy`` per mode.
+``--energy`` per mode (``--energy`` given alone makes both ranks adaptive).
 
 Standalone::
 
     python -m lori.factorize --hidden results/quickstart/hidden/calib.zarr \
         --out results/quickstart/lowrank/factors.zarr --rank-layer 2 --rank-hidden 16 --center
+
+Sharded (what the Snakemake scatter/gather rules run when ``--shards N`` > 1): for each pass
+``STEP`` of the plan (``moments``, ``grams``, ``hooi1``.., ``diagnostics``), every shard, then
+one gather, which writes the next state (the factors store after the last pass)::
+
+    python -m lori.factorize partial --hidden H.zarr --step STEP --shard I [--state PREV.npz] --out PART_I.npz --shards N ...
+    python -m lori.factorize gather --hidden H.zarr --step STEP --parts PART_0.npz,... [--state PREV.npz] --out NEXT.npz --shards N ...
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from dataclasses import asdict, dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 import lori
-from lori.config import config_hash
+from lori.config import ConfigError, config_hash
+from lori.factor_passes import (FactorState, finish, load_partial, load_state, merge_all, open_hidden,
+                                pack, partial, plan, save_npz, save_state, shard_ranges)
 from lori.io import ArtifactError, atomic_path, open_store, read_array, zarr_put
-from lori.lowrank import Factors, GramAccumulator, MomentAccumulator, choose_rank, eig_desc, energy_curve
+from lori.lowrank import Factors, energy_curve
 
 log = logging.getLogger("lori.factorize")
+
+FACTOR_ARRAYS = ("U_layer", "U_hidden", "spectrum_layer", "spectrum_hidden", "mean", "scale")
+DIAGNOSTIC_ARRAYS = ("effective_rank", "cot_length", "energy_captured")
 
 
 @dataclass
@@ -43,7 +59,10 @@ class FactorizeConfig:
     energy: float | None = None          # energy fraction per mode for adaptive ranks, in (0, 1]
     center: bool = True                  # subtract the per-(layer, hidden) mean
     layer_scaling: Literal["none", "layer_rms"] = "layer_rms"
-    chunk_tokens: int = 8192             # tokens per streamed chunk
+    chunk_tokens: int = 8192             # tokens per streamed read (memory bound, with the L^2 + d^2 Grams)
+    method: Literal["hosvd", "hooi"] = "hosvd"   # hosvd: mode-Gram eigenvectors; hooi: + alternating refinement
+    hooi_iters: int = 4                  # HOOI passes (method=hooi), each updating one mode: hidden, layer, ...
+    shards: int = 1                      # token ranges whose partial sums are gathered (parallel jobs in Snakemake)
 
     def __post_init__(self):
         problems = []
@@ -57,83 +76,131 @@ class FactorizeConfig:
             problems.append(f"energy must be in (0, 1], got {self.energy}")
         if self.layer_scaling not in ("none", "layer_rms"):
             problems.append(f"layer_scaling must be none | layer_rms, got {self.layer_scaling!r}")
-        if self.chunk_tokens < 1:
-            problems.append(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if self.method not in ("hosvd", "hooi"):
+            problems.append(f"method must be hosvd | hooi, got {self.method!r}")
+        for name in ("chunk_tokens", "hooi_iters", "shards"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
             raise ValueError("; ".join(problems))
 
 
-def iter_chunks(states, chunk_tokens: int, path: str = "") -> Iterator[np.ndarray]:
-    n = states.shape[0]
-    for lo in range(0, n, chunk_tokens):
-        try:
-            yield np.asarray(states[lo : lo + chunk_tokens])
-        except Exception as e:
-            raise ArtifactError(f"{path}: array 'states' unreadable at tokens {lo}..{lo + chunk_tokens} "
-                                f"({type(e).__name__}: {e})") from None
+# ---------------------------------------------------------------- one process
+def run(cfg: FactorizeConfig, hidden_path: str, out: str) -> FactorState:
+    """Every pass over every shard in this process, then the factors store."""
+    group, states, offsets = open_hidden(hidden_path)
+    shards = shard_ranges(offsets, cfg.shards)
+    state = FactorState()
+    for step in plan(cfg):
+        parts = [partial(step, state, states, offsets, s, cfg.chunk_tokens, hidden_path) for s in shards]
+        state = finish(step, cfg, state, merge_all(parts))
+    write_factors(out, cfg, state, group, hidden_path)
+    return state
 
 
-def factorize_states(states, cfg: FactorizeConfig, path: str = "") -> dict:
-    """All factorization results for a ``[token, layer, hidden]`` array-like (streamed)."""
-    if len(states.shape) != 3:
-        raise ArtifactError(f"{path}: 'states' must be [token, layer, hidden], got shape {states.shape}")
-    _, n_layers, hidden = states.shape
-    moments = MomentAccumulator()
-    for chunk in tqdm(iter_chunks(states, cfg.chunk_tokens, path), desc="moments", mininterval=5, disable=None):
-        moments.update(chunk)
-    mean, scale = moments.transform(cfg.center, cfg.layer_scaling)
-    grams = GramAccumulator.empty(n_layers, hidden)
-    for chunk in tqdm(iter_chunks(states, cfg.chunk_tokens, path), desc="grams", mininterval=5, disable=None):
-        grams.update(chunk, mean, scale)
-    spec_l, vec_l = eig_desc(grams.gram_layer)
-    spec_d, vec_d = eig_desc(grams.gram_hidden)
-    r_l = cfg.rank_layer or choose_rank(spec_l, cfg.energy)
-    r_d = cfg.rank_hidden or choose_rank(spec_d, cfg.energy)
-    if r_l > n_layers or r_d > hidden:
-        raise ValueError(f"rank ({r_l}, {r_d}) exceeds the dimensions (layer={n_layers}, hidden={hidden})")
-    factors = Factors(torch.from_numpy(vec_l[:, :r_l]), torch.from_numpy(vec_d[:, :r_d]),
-                      torch.from_numpy(mean), torch.from_numpy(scale))
-    captured = 0.0
-    for chunk in iter_chunks(states, cfg.chunk_tokens, path):
-        captured += float(factors.project(torch.from_numpy(chunk.astype(np.float64))).pow(2).sum())
-    return {
-        "U_layer": vec_l[:, :r_l], "U_hidden": vec_d[:, :r_d], "spectrum_layer": spec_l, "spectrum_hidden": spec_d,
-        "mean": mean, "scale": scale, "rank_layer": r_l, "rank_hidden": r_d, "tokens": moments.count,
-        "energy_layer": float(energy_curve(spec_l)[r_l - 1]), "energy_hidden": float(energy_curve(spec_d)[r_d - 1]),
-        "energy_joint": captured / grams.total_energy if grams.total_energy > 0 else 1.0,
-    }
+# ---------------------------------------------------------------- sharded: one pass of one shard, or a gather
+def _previous_state(cfg: FactorizeConfig, step: str, state_path: str | None) -> tuple[FactorState, str | None]:
+    steps = plan(cfg)
+    if step not in steps:
+        raise ConfigError(f"factorize: pass {step!r} is not in this config's plan {steps}")
+    before = steps[: steps.index(step)]
+    if not before:
+        if state_path:
+            raise ConfigError(f"factorize: pass {step!r} is the first; it takes no --state")
+        return FactorState(), None
+    if not state_path:
+        raise ConfigError(f"factorize: pass {step!r} needs --state (the gather output of pass {before[-1]!r})")
+    state, meta = load_state(state_path)
+    if state.steps != before:
+        raise ArtifactError(f"{state_path}: state after passes {state.steps}, but pass {step!r} needs {before}")
+    return state, meta["fingerprint"]
 
 
-def run(cfg: FactorizeConfig, hidden_path: str, out: str) -> dict:
+def run_partial(cfg: FactorizeConfig, hidden_path: str, step: str, shard_index: int, state_path: str | None,
+                out: str) -> None:
+    """One shard of one pass -> a small ``.npz`` of partial sums."""
+    state, state_id = _previous_state(cfg, step, state_path)
+    if not 0 <= shard_index < cfg.shards:
+        raise ConfigError(f"factorize: --shard {shard_index} out of range 0..{cfg.shards - 1} (--shards {cfg.shards})")
+    _, states, offsets = open_hidden(hidden_path)
+    shard = shard_ranges(offsets, cfg.shards)[shard_index]
+    acc = partial(step, state, states, offsets, shard, cfg.chunk_tokens, hidden_path)
+    save_npz(out, pack(acc), {"kind": "partial", "step": step, "shard": shard_index, "num_shards": cfg.shards,
+                              "config_hash": config_hash(asdict(cfg)), "state": state_id,
+                              "tokens": list(shard.tokens), "examples": list(shard.examples)})
+
+
+def run_gather(cfg: FactorizeConfig, hidden_path: str, step: str, part_paths: Sequence[str], state_path: str | None,
+               out: str) -> FactorState:
+    """Sum the shards' partials of one pass; write the next state, or the factors store after the last pass."""
+    state, state_id = _previous_state(cfg, step, state_path)
+    parts = [load_partial(p) for p in part_paths]
+    want = config_hash(asdict(cfg))
+    for path, (_, meta) in zip(part_paths, parts):
+        if meta["step"] != step or meta["num_shards"] != cfg.shards or meta["config_hash"] != want:
+            raise ArtifactError(f"{path}: partial of pass {meta['step']!r}, {meta['num_shards']} shards, config "
+                                f"{meta['config_hash']}; expected pass {step!r}, {cfg.shards} shards, config {want}")
+        if meta["state"] != state_id:
+            raise ArtifactError(f"{path}: computed from state {meta['state']}, not {state_id} ({state_path}): stale")
+    got = sorted(meta["shard"] for _, meta in parts)
+    if got != list(range(cfg.shards)):
+        missing = sorted(set(range(cfg.shards)) - set(got))
+        raise ArtifactError(f"factorize gather {step!r}: need shards 0..{cfg.shards - 1} once each, got {got} "
+                            f"(missing {missing})")
+    ordered = [acc for acc, _ in sorted(parts, key=lambda p: p[1]["shard"])]
+    state = finish(step, cfg, state, merge_all(ordered))
+    if step == plan(cfg)[-1]:
+        group, _, _ = open_hidden(hidden_path)
+        write_factors(out, cfg, state, group, hidden_path)
+    else:
+        save_state(out, state, {"step": step, "config_hash": want})
+    return state
+
+
+# ---------------------------------------------------------------- the factors store
+def write_factors(out: str, cfg: FactorizeConfig, state: FactorState, hidden_group, hidden_path: str) -> None:
     import zarr
 
-    group = open_store(hidden_path, ["states", "offsets"], kind="hidden")
-    res = factorize_states(group["states"], cfg, hidden_path)
-    src = dict(group.attrs)
+    r_l, r_d = state.U_layer.shape[1], state.U_hidden.shape[1]
+    diag = state.diagnostics
+    src = dict(hidden_group.attrs)
     with atomic_path(out) as tmp:
         g = zarr.open_group(str(tmp), mode="w")
-        zarr_put(g, "U_layer", res["U_layer"], ["layer", "rank_layer"])
-        zarr_put(g, "U_hidden", res["U_hidden"], ["hidden", "rank_hidden"])
-        zarr_put(g, "spectrum_layer", res["spectrum_layer"], ["layer"])
-        zarr_put(g, "spectrum_hidden", res["spectrum_hidden"], ["hidden"])
-        zarr_put(g, "mean", res["mean"], ["layer", "hidden"])
-        zarr_put(g, "scale", res["scale"], ["layer"])
+        zarr_put(g, "U_layer", state.U_layer, ["layer", "rank_layer"])
+        zarr_put(g, "U_hidden", state.U_hidden, ["hidden", "rank_hidden"])
+        zarr_put(g, "spectrum_layer", state.spectrum_layer, ["layer"])
+        zarr_put(g, "spectrum_hidden", state.spectrum_hidden, ["hidden"])
+        zarr_put(g, "mean", state.mean, ["layer", "hidden"])
+        zarr_put(g, "scale", state.scale, ["layer"])
+        zarr_put(g, "effective_rank", diag.effective_rank, ["example"],
+                 description="exp(entropy) of the normalised singular values of the example's tokens x (layer*hidden) matrix")
+        zarr_put(g, "cot_length", diag.cot_length, ["example"], description="CoT tokens of the example")
+        zarr_put(g, "energy_captured", diag.energy_captured, ["example"],
+                 description="fraction of the example's (normalised) energy kept by U_layer x U_hidden")
+        if "example_id" in hidden_group:
+            zarr_put(g, "example_id", read_array(hidden_group, "example_id", hidden_path).astype(object), ["example"])
         g.attrs.update({
             "stage": "factorize", "lori_version": lori.__version__, "config_hash": config_hash(asdict(cfg)),
-            "rank_layer": res["rank_layer"], "rank_hidden": res["rank_hidden"], "energy_threshold": cfg.energy,
-            "energy_layer": res["energy_layer"], "energy_hidden": res["energy_hidden"],
-            "energy_joint": res["energy_joint"], "centered": cfg.center, "layer_scaling": cfg.layer_scaling,
-            "tokens": res["tokens"], "layers": src.get("layers"), "model": src.get("model"),
+            "rank_layer": r_l, "rank_hidden": r_d, "energy_threshold": cfg.energy,
+            "energy_layer": float(energy_curve(state.spectrum_layer)[r_l - 1]),
+            "energy_hidden": float(energy_curve(state.spectrum_hidden)[r_d - 1]),
+            "energy_joint": state.energy_joint, "centered": cfg.center, "layer_scaling": cfg.layer_scaling,
+            "method": cfg.method, "reconstruction_errors": state.errors, "reconstruction_error": state.errors[-1],
+            "shards": cfg.shards, "tokens": state.tokens, "examples": len(diag),
+            "layers": src.get("layers"), "model": src.get("model"),
             "hidden_store": str(hidden_path), "hidden_config_hash": src.get("config_hash"),
         })
-    log.info("ranks (layer %d, hidden %d) capture %.1f%% / %.1f%% per mode, %.1f%% jointly, from %d tokens",
-             res["rank_layer"], res["rank_hidden"], 100 * res["energy_layer"], 100 * res["energy_hidden"],
-             100 * res["energy_joint"], res["tokens"])
-    return res
+    log.info("ranks (layer %d, hidden %d) capture %.1f%% / %.1f%% per mode, %.1f%% jointly (relative error %.4g), "
+             "from %d tokens of %d examples; median effective rank %.2f -> %s",
+             r_l, r_d, 100 * float(energy_curve(state.spectrum_layer)[r_l - 1]),
+             100 * float(energy_curve(state.spectrum_hidden)[r_d - 1]), 100 * state.energy_joint, state.errors[-1],
+             state.tokens, len(diag), float(np.median(diag.effective_rank)) if len(diag) else 0.0, out)
 
 
 def load_factors(path: str) -> tuple[Factors, dict]:
     """Read a factors store (as written by :func:`run`) into :class:`Factors` and its attrs."""
+    import torch
+
     group = open_store(path, ["U_layer", "U_hidden", "mean", "scale"], kind="factors")
     attrs = dict(group.attrs)
     arrays = [torch.from_numpy(read_array(group, n, path).astype(np.float32)) for n in ("U_layer", "U_hidden", "mean", "scale")]
@@ -144,13 +211,42 @@ def load_factors(path: str) -> tuple[Factors, dict]:
     return factors, attrs
 
 
+# ---------------------------------------------------------------- CLI
+PATHS = {
+    "run": [("--hidden", "hidden-state Zarr store (dump_hidden)"), ("--out", "output factors Zarr store")],
+    "partial": [("--hidden", "hidden-state Zarr store (dump_hidden)"), ("--step", "pass of the plan"),
+                ("--shard", "shard index, 0..shards-1"), ("--state", "(optional) gather output of the previous pass"),
+                ("--out", "output partial .npz")],
+    "gather": [("--hidden", "hidden-state Zarr store (dump_hidden)"), ("--step", "pass of the plan"),
+               ("--parts", "the pass's partial .npz files, comma-separated"),
+               ("--state", "(optional) gather output of the previous pass"),
+               ("--out", "next state .npz, or the factors Zarr store after the last pass")],
+}
+
+
+def adaptive_ranks(cfg: FactorizeConfig, ns) -> FactorizeConfig:
+    """``--energy`` on the command line makes every rank not also given there adaptive."""
+    if getattr(ns, "energy", None) is None:
+        return cfg
+    unset = {n: None for n in ("rank_layer", "rank_hidden") if not hasattr(ns, n)}
+    return dataclasses.replace(cfg, **unset) if unset else cfg
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from lori.cli import stage_main
 
-    cfg, ns = stage_main(FactorizeConfig, argv, __doc__,
-                         [("--hidden", "hidden-state Zarr store (dump_hidden)"), ("--out", "output factors Zarr store")],
-                         lambda config, ns: config["factorize"])
-    run(cfg, ns.hidden, ns.out)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in ("partial", "gather") else "run"
+    cfg, ns = stage_main(FactorizeConfig, argv, __doc__, PATHS[command], lambda config, ns: config["factorize"])
+    cfg = adaptive_ranks(cfg, ns)
+    if command == "run":
+        run(cfg, ns.hidden, ns.out)
+    elif command == "partial":
+        if not ns.shard.isdigit():
+            raise ConfigError(f"factorize partial: --shard must be an integer, got {ns.shard!r}")
+        run_partial(cfg, ns.hidden, ns.step, int(ns.shard), ns.state, ns.out)
+    else:
+        run_gather(cfg, ns.hidden, ns.step, [p for p in ns.parts.split(",") if p], ns.state, ns.out)
 
 
 if __name__ == "__main__":

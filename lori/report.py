@@ -1,7 +1,8 @@
 """Stage ``report``: tables and figures from every evaluation, the factors and training logs.
 
 Writes ``report/report.md``, ``report/report.html`` and PNG figures:
-``spectrum.png`` (energy vs rank per mode), ``accuracy_vs_tokens.png`` (accuracy against
+``spectrum.png`` (energy vs rank per mode), ``effective_rank.png`` (per-example effective rank
+and energy kept vs CoT length, when the factors store has them), ``accuracy_vs_tokens.png`` (accuracy against
 generated tokens per method and benchmark), ``training.png`` (loss curves).
 
 Standalone::
@@ -58,8 +59,11 @@ def plot_spectrum(factors: dict, path: Path) -> None:
     for ax, mode, rank in [(axes[0], "layer", factors["rank_layer"]), (axes[1], "hidden", factors["rank_hidden"])]:
         curve = energy_curve(factors[f"spectrum_{mode}"])
         ranks = np.arange(1, len(curve) + 1)
-        ax.plot(ranks, 100 * curve, marker="o" if len(curve) <= 40 else None, ms=3)
+        ax.plot(ranks, 100 * curve, marker="o" if len(curve) <= 40 else None, ms=3, label="teacher trajectories")
+        # what r of n dims would keep with no low-rank structure at all (isotropic data)
+        ax.plot(ranks, 100 * ranks / len(curve), color="0.6", ls=":", label="isotropic (no structure)")
         ax.axvline(rank, color="C3", ls="--", label=f"chosen rank {rank} ({100 * curve[rank - 1]:.1f}%)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(f"rank ({mode} mode)")
         ax.set_ylabel("energy captured (%)")
         ax.set_ylim(0, 101)
@@ -121,11 +125,62 @@ def plot_training(metrics: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Median of y per distinct x (when few) or per x-quantile bin; bins with < 3 points dropped."""
+    if len(np.unique(x)) > 3 * bins:
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+        x_bin = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    else:
+        x_bin = x
+    pts = [(np.median(x[x_bin == b]), np.nanmedian(y[x_bin == b])) for b in np.unique(x_bin) if (x_bin == b).sum() >= 3]
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def plot_effective_rank(factors: dict, path: Path) -> None:
+    """Per-example effective rank, and energy kept by the global factors, against CoT length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = factors["cot_length"] > 0
+    length, erank, kept = factors["cot_length"][ok], factors["effective_rank"][ok], 100 * factors["energy_captured"][ok]
+    core = f"{factors['rank_layer']}x{factors['rank_hidden']}"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, y, label in [(axes[0], erank, "effective rank"), (axes[1], kept, f"energy kept by the {core} core (%)")]:
+        # fainter points for bigger sets, so the density shows
+        ax.scatter(length, y, s=7, lw=0, color="C0", alpha=float(np.clip(20 / np.sqrt(max(len(y), 1)), 0.05, 0.6)),
+                   label="one trajectory")
+        ax.plot(*_binned_median(length, y), color="C3", lw=2, marker="o", ms=3, label="median")
+        ax.set_xlabel("CoT length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if len(length):
+        top = float(length.max())
+        axes[0].plot([1, top], [1, top], "k--", lw=1, label="upper bound: rank = length")
+        axes[0].set_ylim(0, 1.05 * top)
+        axes[0].set_title(f"effective rank: median {np.median(erank):.1f} at median length {np.median(length):.0f}")
+        axes[1].set_title(f"energy kept per trajectory: median {np.nanmedian(kept):.1f}%")
+    axes[1].axhline(100 * factors["energy_joint"], color="k", ls=":", lw=1,
+                    label=f"all tokens: {100 * factors['energy_joint']:.1f}%")
+    axes[1].set_ylim(0, 101)
+    for ax in axes:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Teacher CoT trajectories, one at a time ({int(ok.sum())} examples; layers {factors.get('layers')}, "
+                 f"centred={factors.get('centered')}, scaling={factors.get('layer_scaling')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def load_factor_summary(path: str) -> dict:
     group = open_store(path, ["spectrum_layer", "spectrum_hidden"], kind="factors")
     attrs = dict(group.attrs)
+    # per-example diagnostics: only in stores written since factorize computes them
+    extra = [n for n in ("effective_rank", "cot_length", "energy_captured") if n in group]
     return {**attrs, "spectrum_layer": read_array(group, "spectrum_layer", path),
-            "spectrum_hidden": read_array(group, "spectrum_hidden", path)}
+            "spectrum_hidden": read_array(group, "spectrum_hidden", path),
+            **{n: read_array(group, n, path) for n in extra}}
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -154,6 +209,10 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
         if factors is not None:
             plot_spectrum(factors, tmp / "spectrum.png")
             figures.append(("spectrum.png", "Energy captured vs rank, per mode, of the teacher's CoT trajectories"))
+        if factors is not None and "effective_rank" in factors:
+            plot_effective_rank(factors, tmp / "effective_rank.png")
+            figures.append(("effective_rank.png", "Per-trajectory effective rank, and energy kept by the global "
+                                                  "factors, vs CoT length"))
         plot_accuracy_tokens(summaries, tmp / "accuracy_vs_tokens.png")
         figures.append(("accuracy_vs_tokens.png", "Accuracy (Wilson 95% CI) vs generated tokens per problem"))
         if metrics:

@@ -220,3 +220,32 @@ def test_select_layers(spec, n, expected):
 def test_select_layers_bad(spec, n, fragment):
     with pytest.raises(ValueError, match=fragment):
         select_layers(spec, n)
+
+
+def test_example_diagnostics_batches_equal_one_by_one():
+    from lori.lowrank import ExampleDiagnostics, effective_rank
+
+    rng = np.random.default_rng(7)
+    lengths = [3, 0, 0, 7, 1, 12, 0, 5]
+    examples = [rng.standard_normal((n, L, D)).astype(np.float16) for n in lengths]
+    mean, scale = rng.standard_normal((L, D)), rng.uniform(0.5, 2.0, L)
+    U_l = np.linalg.qr(rng.standard_normal((L, 2)))[0]
+    U_d = np.linalg.qr(rng.standard_normal((D, 3)))[0]
+    whole = ExampleDiagnostics.of_examples(4, examples, mean, scale, U_l, U_d)
+    tiny = ExampleDiagnostics.of_examples(4, examples, mean, scale, U_l, U_d, batch_bytes=1)   # one per batch
+    for d in (whole, tiny):
+        assert d.first == 4 and list(d.cot_length) == lengths
+        for i, h in enumerate(examples):
+            x = (h.astype(np.float64) - mean) / scale[:, None]
+            core = np.einsum("tld,lr,ds->trs", x, U_l, U_d)
+            assert d.effective_rank[i] == pytest.approx(effective_rank(x), rel=1e-9, abs=1e-12)
+            assert d.energy_total[i] == pytest.approx((x**2).sum(), rel=1e-12, abs=1e-12)
+            assert d.energy_core[i] == pytest.approx((core**2).sum(), rel=1e-10, abs=1e-12)
+    assert np.isnan(whole.energy_captured[1]) and 0 < whole.energy_captured[0] < 1
+    # adjacent ranges merge; gaps are refused
+    a = ExampleDiagnostics.of_examples(0, examples[:3], mean, scale, U_l, U_d)
+    b = ExampleDiagnostics.of_examples(3, examples[3:], mean, scale, U_l, U_d)
+    np.testing.assert_allclose(a.merge(b).effective_rank, ExampleDiagnostics.of_examples(
+        0, examples, mean, scale, U_l, U_d).effective_rank, rtol=1e-12)
+    with pytest.raises(ValueError, match="not adjacent"):
+        b.merge(a)

@@ -1,3 +1,7 @@
+from lori.factor_passes import plan as factorize_plan
+from lori.factorize import FactorizeConfig
+
+
 rule dump_hidden:
     input:
         teacher=f"{R}/teacher",
@@ -17,17 +21,99 @@ rule dump_hidden:
         "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
 
 
-rule factorize:
-    input:
-        hidden=f"{R}/hidden/calib.zarr",
-    output:
-        directory(f"{R}/lowrank/factors.zarr"),
-    log:
-        f"{R}/logs/factorize.log",
-    params:
-        args=to_flags(config["factorize"]),
-    shell:
-        "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+# factorize: one job (shards: 1), or for large dumps a scatter/gather per streamed pass of the
+# plan (lori.factor_passes.plan: moments, grams, hooi1.., diagnostics). Each pass runs one
+# `partial` job per token-range shard and one `gather` summing them into the next state; the
+# gather of the last pass writes the factors store, so downstream rules see the same output.
+FACTORIZE_STEPS = factorize_plan(FactorizeConfig(**config["factorize"]))
+FACTORIZE_SHARDS = config["factorize"]["shards"]
+SHARD_DIR = f"{R}/lowrank/shards"
+
+
+def factorize_state(step):
+    """The gather output a pass starts from ([] for the first pass)."""
+    i = FACTORIZE_STEPS.index(step)
+    return [f"{SHARD_DIR}/{FACTORIZE_STEPS[i - 1]}.state.npz"] if i else []
+
+
+def factorize_parts(step):
+    return [f"{SHARD_DIR}/{step}.part{i}.npz" for i in range(FACTORIZE_SHARDS)]
+
+
+def factorize_state_flag(wildcards, input):
+    return f"--state {input.state}" if input.state else ""
+
+
+if FACTORIZE_SHARDS == 1:
+
+    rule factorize:
+        input:
+            hidden=f"{R}/hidden/calib.zarr",
+        output:
+            directory(f"{R}/lowrank/factors.zarr"),
+        log:
+            f"{R}/logs/factorize.log",
+        threads: config["threads"]  # BLAS threads for the Grams (Snakemake sets OPENBLAS_NUM_THREADS)
+        params:
+            args=to_flags(config["factorize"]),
+        shell:
+            "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+
+else:
+
+    rule factorize_partial:
+        input:
+            hidden=f"{R}/hidden/calib.zarr",
+            state=lambda wc: factorize_state(wc.step),
+        output:
+            f"{SHARD_DIR}/{{step}}.part{{shard}}.npz",
+        log:
+            f"{R}/logs/factorize/{{step}}.part{{shard}}.log",
+        wildcard_constraints:
+            step="|".join(FACTORIZE_STEPS),
+            shard=r"\d+",
+        params:
+            args=to_flags(config["factorize"]),
+            state=factorize_state_flag,
+        shell:
+            "python -m lori.factorize partial --hidden {input.hidden} --step {wildcards.step} "
+            "--shard {wildcards.shard} {params.state} --out {output} {params.args} > {log} 2>&1"
+
+    rule factorize_gather:
+        input:
+            hidden=f"{R}/hidden/calib.zarr",
+            parts=lambda wc: factorize_parts(wc.step),
+            state=lambda wc: factorize_state(wc.step),
+        output:
+            f"{SHARD_DIR}/{{step}}.state.npz",
+        log:
+            f"{R}/logs/factorize/{{step}}.gather.log",
+        wildcard_constraints:
+            step="|".join(FACTORIZE_STEPS[:-1]),
+        params:
+            args=to_flags(config["factorize"]),
+            parts=lambda wc, input: ",".join(input.parts),
+            state=factorize_state_flag,
+        shell:
+            "python -m lori.factorize gather --hidden {input.hidden} --step {wildcards.step} "
+            "--parts {params.parts} {params.state} --out {output} {params.args} > {log} 2>&1"
+
+    rule factorize:
+        input:
+            hidden=f"{R}/hidden/calib.zarr",
+            parts=factorize_parts(FACTORIZE_STEPS[-1]),
+            state=factorize_state(FACTORIZE_STEPS[-1]),
+        output:
+            directory(f"{R}/lowrank/factors.zarr"),
+        log:
+            f"{R}/logs/factorize.log",
+        params:
+            args=to_flags(config["factorize"]),
+            parts=lambda wc, input: ",".join(input.parts),
+        shell:
+            "python -m lori.factorize gather --hidden {input.hidden} --step "
+            + FACTORIZE_STEPS[-1]
+            + " --parts {params.parts} --state {input.state} --out {output} {params.args} > {log} 2>&1"
 
 
 rule targets:
