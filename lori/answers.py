@@ -18,6 +18,9 @@ Normalization: thousands commas, ``$``, ``%``, units and trailing periods are dr
 ``18.00`` -> ``18``, ``1e3`` -> ``1000``); fractions stay fractions (``3/4``,
 ``\\frac{3}{4}`` -> ``3/4``).  A ``-`` right after a word or a digit is read as
 subtraction, so ``10-3`` and ``5 - 3`` give ``3``, not ``-3``.
+
+Multiplication golds (``7 8 0 3 7 8 8 1``: space-separated digits, least-significant
+first) are compared as digit strings by :func:`is_correct` (:func:`digit_answer`).
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ _NUMBER = re.compile(
 _FRAC = re.compile(r"\\[dt]?frac\{\s*([^{}]*?)\s*\}\{\s*([^{}]*?)\s*\}")
 _ANSWER_IS = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_DIGIT_STRING = re.compile(r"\d(?: \d)+")   # two or more single digits separated by spaces
+_LEADING_DIGITS = re.compile(r"\s*(\d(?: \d)*)")
 _PLAIN = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -105,6 +110,15 @@ def to_number(s: str | None) -> float | None:
     return values[0] if math.isfinite(values[0]) else None
 
 
+def digit_answer(text: str) -> str | None:
+    """The run of space-separated single digits after the last ``####`` (or at the start).
+
+    ``"#### 7 8 0 3<eos>"`` -> ``"7 8 0 3"``; a longer or shorter run is a different answer.
+    """
+    match = _LEADING_DIGITS.match(text.rsplit("####", 1)[-1])
+    return match[1] if match else None
+
+
 def is_correct(
     prediction_text: str, gold: str, rel_tol: float = 1e-4, abs_tol: float = 1e-6
 ) -> bool:
@@ -114,8 +128,13 @@ def is_correct(
     goes through :func:`extract` too.  An integral gold must be matched exactly (a
     relative tolerance would accept 10001 for 10000); other numbers are compared with
     :func:`math.isclose` (GSM-Hard has non-integer golds). If either side is not
-    numeric, the normalized strings are compared instead.
+    numeric, the normalized strings are compared instead. A gold of space-separated
+    digits (multiplication) must be matched digit for digit (:func:`digit_answer`).
     """
+    gold_digits = gold.rsplit("####", 1)[-1].strip()
+    if _DIGIT_STRING.fullmatch(gold_digits):
+        # multiplication: digits least-significant first; the first number would be one digit
+        return digit_answer(prediction_text or "") == gold_digits
     pred = extract(prediction_text)
     if pred is None:
         return False

@@ -80,8 +80,9 @@ def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, de
     start = time.perf_counter()
     ids, mask = pad_left([bos(tokenizer) + encode(tokenizer, prompt_text(q)) for q in questions], tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    out, past = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
-    rows = greedy_continue(model, past, mask, mask.sum(1), out.logits[:, -1], max_new_tokens,
-                           tokenizer.eos_token_id, tokenizer.pad_token_id, temperature)
+    with autocast_context(device):
+        out, past = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+        rows = greedy_continue(model, past, mask, mask.sum(1), out.logits[:, -1], max_new_tokens,
+                               tokenizer.eos_token_id, tokenizer.pad_token_id, temperature)
     per = (time.perf_counter() - start) / len(questions)
     return [Generation(tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]

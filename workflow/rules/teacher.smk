@@ -1,6 +1,7 @@
 rule teacher_sft:
     input:
         train=f"{R}/data/train.jsonl",
+        base=[f"{R}/base_model"] if config["model"]["name_or_path"] else [],
     output:
         model=directory(f"{R}/teacher"),
         metrics=f"{R}/teacher_metrics.jsonl",
@@ -8,13 +9,15 @@ rule teacher_sft:
         f"{R}/logs/teacher_sft.log",
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=0 if config["device"] == "cpu" else 1,
     params:
         args=to_flags({**config["model"], **config["teacher_sft"]}),
+        # a pretrained model starts from its converted checkpoint (rule base_model), not the hub / GGUF
+        base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),
     shell:
         "python -m lori.teacher_sft --train {input.train} --out {output.model} --metrics {output.metrics} "
-        "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+        "{params.args} {params.base} {params.runtime} --threads {threads} > {log} 2>&1"
 
 
 rule teacher_cot:
@@ -28,7 +31,7 @@ rule teacher_cot:
         f"{R}/logs/teacher_cot.log",
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=0 if config["device"] == "cpu" else 1,
     params:
         args=to_flags(config["teacher_cot"]),
         runtime=runtime_flags(),
