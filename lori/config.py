@@ -201,18 +201,22 @@ def parse_stage_args(cls: type[T], argv: Sequence[str] | None, description: str,
 
 
 def to_flags(values: dict) -> str:
-    """Inverse of :func:`parse_stage_args` for the workflow: dict -> ``--key value`` flags."""
+    """Inverse of :func:`parse_stage_args` for the workflow: dict -> ``--key value`` flags.
+
+    Canonical (keys sorted, JSON values with sorted keys): Snakemake reruns a job when its
+    params text changes, and a config that only reorders keys must not rerun anything.
+    """
     import shlex
 
     out = []
-    for k, v in values.items():
+    for k, v in sorted(values.items()):
         flag = "--" + k.replace("_", "-")
         if v is None:
             out.append(f"{flag} none")
         elif isinstance(v, bool):
             out.append(f"{flag} {'true' if v else 'false'}")
         elif isinstance(v, (list, tuple, dict)):
-            out.append(f"{flag} {shlex.quote(json.dumps(v))}")
+            out.append(f"{flag} {shlex.quote(json.dumps(v, sort_keys=True))}")
         else:
             out.append(f"{flag} {shlex.quote(str(v))}")
     return " ".join(out)

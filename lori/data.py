@@ -144,6 +144,36 @@ def read_records(path: str | Path) -> list[Record]:
     return records
 
 
+# Real CoT data has a few problems without a rationale (GSM8K train: 95 of 7473 have no <<..>>
+# equations); they are harmless. A file where many lack one is the wrong file (a benchmark split?).
+MAX_EMPTY_COT = 0.2
+
+
+def check_training_records(records: list[Record], path: str | Path, need_cot: bool = True) -> None:
+    """Refuse training data that would train silently wrong: no records, a non-numeric answer, or
+    (``need_cot``) more than ``MAX_EMPTY_COT`` of the records without a chain of thought. All
+    offenders in one error; a few empty CoTs are only logged."""
+    import logging
+
+    from lori.answers import extract
+
+    if not records:
+        raise DataError(f"{path}: no records to train on")
+    problems = []
+    no_cot = [r.id for r in records if need_cot and not any(s.strip() for s in r.steps)]
+    if len(no_cot) > MAX_EMPTY_COT * len(records):
+        problems.append(f"{len(no_cot)} of {len(records)} record(s) have an empty chain of thought ('steps'), "
+                        f"e.g. ids {no_cot[:3]}; explicit-CoT data expected")
+    elif no_cot:
+        logging.getLogger("lori.data").warning("%s: %d of %d records have an empty chain of thought (kept)",
+                                               path, len(no_cot), len(records))
+    bad = [(r.id, r.answer) for r in records if extract(r.answer) is None]
+    if bad:
+        problems.append(f"{len(bad)} record(s) with a non-numeric 'answer', e.g. {bad[:3]}")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
+
+
 # ---------------------------------------------------------------- sequence text
 def prompt_text(question: str) -> str:
     """What every model is given: the question and the CoT separator."""

@@ -17,7 +17,8 @@ rather than an in-loop teacher). ``cot_sft`` is the teacher itself and is not tr
 Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, when
 alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
 ``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
-``train_config.json``) and ``students/<method>_metrics.jsonl``.
+``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
+checkpoint ``students/<method>.ckpt/`` (:mod:`lori.train`).
 
 Standalone::
 
@@ -36,14 +37,15 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from lori.data import BOT, EOT, read_records
+from lori.data import BOT, EOT, check_training_records, read_records
 from lori.factorize import load_factors
 from lori.io import ArtifactError, open_store, read_array
 from lori.latent import LatentStudent
 from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
 from lori.models import load_checkpoint, num_params, setup_runtime
 from lori.sequences import student_batch
-from lori.train import OptimConfig, fit
+from lori.trajectory import check_factors_fit
+from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 
 log = logging.getLogger("lori.distill")
 
@@ -104,6 +106,14 @@ class TeacherTargets:
             raise ArtifactError(f"{path}: example ids do not match the training records "
                                 f"({len(ids)} vs {len(record_ids)} examples); rerun the targets stage")
         core, offsets = read_array(group, "core", path), read_array(group, "offsets", path)
+        if core.dtype.kind != "f" or core.ndim != 3:
+            raise ArtifactError(f"{path}: array 'core' must be float [token, rank_layer, rank_hidden], "
+                                f"got {core.dtype} {core.shape}")
+        if offsets.ndim != 1 or len(offsets) != len(ids) + 1 or offsets[0] != 0 or offsets[-1] != len(core) \
+                or np.any(np.diff(offsets) < 0):
+            raise ArtifactError(f"{path}: array 'offsets' does not index the {len(core)} tokens of 'core' "
+                                f"for {len(ids)} examples; rerun the targets stage")
+        self.core_shape = tuple(core.shape)
         self.lengths = torch.from_numpy(np.diff(offsets))
         means, covs = trajectory_moments(core, offsets, covariance)
         self.mean, self.cov = torch.from_numpy(means), torch.from_numpy(covs)
@@ -164,6 +174,7 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
         factors_path: str | None = None, metrics: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     records = read_records(records_path)
+    check_training_records(records, records_path, need_cot=False)   # a student sees no CoT text
     student, tokenizer = build_student(cfg, teacher)
     student.to(device).train()
     targets = factors = None
@@ -171,18 +182,29 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
         if not (targets_path and factors_path):
             raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
         factors, fattrs = load_factors(factors_path)
+        check_factors_fit(factors, factors_path, student.model.config, teacher)
         targets = TeacherTargets(targets_path, [r.id for r in records], cfg.covariance)
         if targets.attrs.get("factors_config_hash") != fattrs.get("config_hash"):
             raise ArtifactError(f"{targets_path} was made from factors with config hash "
                                 f"{targets.attrs.get('factors_config_hash')}, but {factors_path} has "
                                 f"{fattrs.get('config_hash')}; rerun the targets stage")
+        if targets.core_shape[1:] != factors.ranks:
+            raise ArtifactError(f"{targets_path}: array 'core' has ranks {targets.core_shape[1:]}, but {factors_path} "
+                                f"has ranks {factors.ranks}; rerun the targets stage")
+        if list(targets.attrs.get("layers") or []) != factors.layers:
+            raise ArtifactError(f"{targets_path} holds layers {targets.attrs.get('layers')}, but {factors_path} "
+                                f"factorizes layers {factors.layers}; rerun the targets stage")
         factors, targets = factors.to(device), targets.to(device)
     log.info("student '%s': %.2fM parameters, K=%d, alpha=%g, gamma=%g, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.latent_steps, cfg.alpha, cfg.gamma, len(records), device)
     loss_step = make_loss_step(cfg, student, tokenizer, records, targets, factors, device)
-    rows = fit(list(student.parameters()), loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]")
+    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
+    run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path)
+    rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
+               ckpt=ckpt, run_id=run_id)
     student.eval()
-    student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(asdict(cfg), indent=2)})
+    student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+    discard_checkpoint(ckpt)
     return rows
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from lori.config import config_hash
-from lori.data import read_records
+from lori.data import check_training_records, read_records
 from lori.lowrank import select_layers
 from lori.models import load_checkpoint, setup_runtime
 from lori.trajectory import write_trajectories
@@ -47,6 +47,7 @@ def run(cfg: DumpHiddenConfig, teacher: str, records_path: str, out: str) -> dic
     model, tokenizer = load_checkpoint(teacher)
     model.to(device).eval()
     records = read_records(records_path)[: cfg.calibration_size]
+    check_training_records(records, records_path)   # no CoT tokens = nothing to factorize
     layers = select_layers(cfg.layers, model.config.num_hidden_layers)
     attrs = {"stage": "dump_hidden", "model": str(teacher), "config_hash": config_hash(asdict(cfg)),
              "split": "calib", "records": str(records_path)}

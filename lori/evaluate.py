@@ -17,13 +17,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
+import lori
 from lori.answers import extract, is_correct
+from lori.config import config_hash
 from lori.data import iter_batches, read_records
 from lori.generate import generate_cot
 from lori.io import atomic_write_text, write_json
@@ -94,6 +96,7 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
                          "latent_steps": latent, "latency_s": g.latency})
     summary = summarize(rows, cfg.method, cfg.bench)
     summary["wall_s"] = time.perf_counter() - start
+    summary.update(config_hash=config_hash(asdict(cfg)), lori_version=lori.__version__)   # provenance
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     write_json(summary_path or Path(out).with_suffix(".json"), summary)
     log.info("%s on %s: %.1f%% [%.1f, %.1f] (n=%d), %.1f generated tokens, %.2f ms/problem", cfg.method, cfg.bench,

@@ -137,7 +137,12 @@ class LatentStudent(nn.Module):
         projection = None
         if latent_steps > 0:
             projection = Projection(model.get_input_embeddings().weight.shape[1])
-            projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+            try:
+                projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+            except Exception as e:  # missing, truncated, or trained for another hidden size
+                raise ArtifactError(f"{path}: projection.safetensors does not fit this model (hidden size "
+                                    f"{projection.norm.weight.shape[0]}): {type(e).__name__}: "
+                                    f"{' '.join(l.strip() for l in str(e).splitlines()[:2])}") from None
         student = cls(model, latent_steps, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
                       projection)
         return student, tokenizer

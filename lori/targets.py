@@ -17,14 +17,14 @@ Standalone::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from lori.data import read_records
+from lori.config import config_hash
+from lori.data import check_training_records, read_records
 from lori.factorize import load_factors
-from lori.io import ArtifactError
 from lori.models import load_checkpoint, setup_runtime
-from lori.trajectory import write_trajectories
+from lori.trajectory import check_factors_fit, write_trajectories
 
 log = logging.getLogger("lori.targets")
 
@@ -43,14 +43,10 @@ def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, 
     model, tokenizer = load_checkpoint(teacher)
     model.to(device).eval()
     layers = factors.layers
-    if not layers or max(layers) > model.config.num_hidden_layers:
-        raise ArtifactError(f"{factors_path}: factor layers {layers} do not fit teacher {teacher} "
-                            f"({model.config.num_hidden_layers} layers)")
-    if factors.mean.shape[1] != model.config.hidden_size:
-        raise ArtifactError(f"{factors_path}: hidden size {factors.mean.shape[1]} != teacher {teacher} "
-                            f"hidden size {model.config.hidden_size}")
+    check_factors_fit(factors, factors_path, model.config, teacher)
     records = read_records(records_path)
-    attrs = {"stage": "targets", "model": str(teacher), "factors": str(factors_path),
+    check_training_records(records, records_path, need_cot=False)
+    attrs = {"stage": "targets", "config_hash": config_hash(asdict(cfg)), "model": str(teacher), "factors": str(factors_path),
              "factors_config_hash": fattrs.get("config_hash"), "rank_layer": factors.ranks[0],
              "rank_hidden": factors.ranks[1], "split": "train"}
     info = write_trajectories(out, model, tokenizer, records, layers, cfg.batch_size, device, attrs, factors)

@@ -4,6 +4,8 @@ Reads ``data/train.jsonl``; writes ``teacher/`` (safetensors + config + tokenize
 layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built from
 ``--scratch`` (LLaMA architecture, word-level tokenizer from the training data) when
 ``--name-or-path`` is none, else loaded from a hub name, local dir or ``.gguf`` file.
+While training, a resumable checkpoint ``<out>.ckpt/`` is written every
+``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.train`).
 
 Standalone::
 
@@ -18,11 +20,11 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from lori.data import read_records
+from lori.data import DataError, check_training_records, read_records
 from lori.models import (build_scratch_model, build_word_tokenizer, ensure_special_tokens, load_pretrained,
                          num_params, save_checkpoint, setup_runtime)
 from lori.sequences import teacher_batch, teacher_sequence
-from lori.train import OptimConfig, fit
+from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -59,6 +61,7 @@ def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
 def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     records = read_records(train)
+    check_training_records(records, train)
     texts = [f"{r.question} || {r.cot} #### {r.answer}" for r in records]
     model, tokenizer = build_teacher(cfg, texts)
     model.to(device).train()
@@ -68,15 +71,18 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
     limit = model.config.max_position_embeddings
     too_long = [r.id for r, s in zip(records, seqs) if len(s.input_ids) > limit]
     if too_long:
-        raise ValueError(f"{len(too_long)} sequences exceed max_position_embeddings={limit} (e.g. {too_long[:3]})")
+        raise DataError(f"{train}: {len(too_long)} sequences exceed max_position_embeddings={limit} (e.g. ids {too_long[:3]})")
 
     def loss_step(idx: list[int]):
         batch = {k: v.to(device) for k, v in teacher_batch(tokenizer, [seqs[i] for i in idx]).items()}
-        return {"loss": model(**batch).loss}
+        return {"loss": model(**batch).loss}   # fit() runs this under bf16 autocast on GPU
 
-    rows = fit(list(model.parameters()), loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft")
+    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
+    rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
+               run_id=fingerprint(asdict(cfg), train))
     model.eval()
-    save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(asdict(cfg), indent=2)})
+    save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+    discard_checkpoint(ckpt)
     return rows
 
 

@@ -4,20 +4,34 @@ Methods differ only in their ``loss_step(indices) -> dict[str, Tensor]`` (key ``
 optimised; the rest are logged). AdamW, linear warmup then cosine to zero, gradient
 clipping, seeded epoch-wise shuffling, a progress bar, ``metrics.jsonl`` rows, and a guard
 that stops on a non-finite loss naming the step, the loss terms and the batch's examples.
+
+Resumable: every ``checkpoint_every`` steps the loop writes ``<out>.ckpt/`` atomically —
+the module's weights (safetensors), the optimizer, scheduler, RNG states, step and logged
+rows (``torch.save`` of tensors and plain values only, read back with ``weights_only=True``)
+and the run's fingerprint. A rerun with the same fingerprint restores all of it and replays
+the seeded batch stream to the saved step, so on CPU a killed-and-resumed run is bitwise
+equal to an uninterrupted one. A checkpoint with another fingerprint is ignored with a
+warning. Nothing non-finite is ever checkpointed.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+import lori
+from lori.config import config_hash
+from lori.io import atomic_path, atomic_write_text
 from lori.precision import autocast_context, params_device
 
 log = logging.getLogger("lori.train")
@@ -33,6 +47,7 @@ class OptimConfig:
     warmup_steps: int = 30               # linear warmup, then cosine to 0
     grad_clip: float = 1.0               # max grad norm (0 = off)
     log_every: int = 50
+    checkpoint_every: int = 200          # steps between resumable checkpoints in <out>.ckpt/ (0 = off)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -55,18 +70,138 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
             yield perm[i : i + batch_size]
 
 
-def fit(params: list[torch.nn.Parameter], loss_step: Callable[[list[int]], dict[str, torch.Tensor]],
+# ---------------------------------------------------------------- checkpoints
+def checkpoint_dir(out: str | Path) -> Path:
+    """Where a stage writing ``out`` keeps its resumable training checkpoint: ``<out>.ckpt``."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def fingerprint(*parts: object) -> str:
+    """Identity of a training run: its config plus the identity (name, size, mtime) of its input
+    files, so a checkpoint is never resumed against changed data or a retrained teacher."""
+    def stat(p) -> list:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+
+    return config_hash([stat(p) if isinstance(p, (str, Path)) and Path(p).exists() else p for p in parts])
+
+
+def provenance(cfg) -> dict:
+    """A trained checkpoint's ``train_config.json``: the resolved config plus its hash and the package version."""
+    values = asdict(cfg)
+    return {**values, "config_hash": config_hash(values), "lori_version": lori.__version__}
+
+
+def discard_checkpoint(ckpt: str | Path | None) -> None:
+    """Remove a training checkpoint once the stage's final output is safely written."""
+    if ckpt is not None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _rng_state() -> dict:
+    # numpy's and Python's states are stored as tensors / plain tuples: weights_only loading accepts them
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _save_checkpoint(ckpt: Path, module: torch.nn.Module, opt, sched, step: int, rows: list, window: dict,
+                     run_id: str) -> None:
+    from safetensors.torch import save_model
+
+    with atomic_path(ckpt) as tmp:
+        tmp.mkdir()
+        save_model(module, str(tmp / "model.safetensors"))    # handles tied weights
+        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "rng": _rng_state(), "rows": rows, "window": window}, tmp / "state.pt")
+        # written last: a checkpoint is complete iff its meta.json exists (the rename makes it atomic anyway)
+        (tmp / "meta.json").write_text(json.dumps({"fingerprint": run_id, "step": step,
+                                                   "lori_version": lori.__version__}) + "\n")
+    log.info("checkpoint at step %d -> %s", step, ckpt)
+
+
+def _load_checkpoint(ckpt: Path, module: torch.nn.Module, opt, sched, run_id: str) -> dict | None:
+    """Restore a matching checkpoint into module/opt/sched/RNG; return its state, or None to start fresh."""
+    from safetensors.torch import load_model
+
+    meta_path = ckpt / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != run_id:
+            log.warning("ignoring checkpoint %s: made by another run (fingerprint %s, this run %s); starting from step 0",
+                        ckpt, meta.get("fingerprint"), run_id)
+            return None
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged checkpoint costs time, never correctness: start over
+        log.warning("ignoring unreadable checkpoint %s (%s: %s); starting from step 0", ckpt, type(e).__name__, e)
+        return None
+    # a failure half-way through restoring must not leave a mix of fresh and restored state behind
+    fresh = ({k: v.detach().clone() for k, v in module.state_dict().items()}, opt.state_dict(), sched.state_dict(),
+             _rng_state())
+    try:
+        load_model(module, ckpt / "model.safetensors", device=str(params_device(module.parameters())))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+    except Exception as e:
+        module.load_state_dict(fresh[0])
+        opt.load_state_dict(fresh[1])
+        sched.load_state_dict(fresh[2])
+        _set_rng_state(fresh[3])
+        log.warning("ignoring unreadable checkpoint %s (%s: %s); starting from step 0", ckpt, type(e).__name__, e)
+        return None
+    log.info("resuming from checkpoint %s at step %d", ckpt, state["step"])
+    return state
+
+
+def _check_finite_params(module: torch.nn.Module, step: int) -> None:
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLoss(f"non-finite parameters after step {step} ({', '.join(bad[:5])}"
+                            f"{' ...' if len(bad) > 5 else ''}); not saved")
+
+
+# ---------------------------------------------------------------- the loop
+def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torch.Tensor]],
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
-        desc: str = "train") -> list[dict]:
-    """Run ``cfg.steps`` optimizer steps; return the logged metric rows."""
+        desc: str = "train", ckpt: str | Path | None = None, run_id: str = "") -> list[dict]:
+    """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
+
+    With ``ckpt`` and ``cfg.checkpoint_every > 0`` the loop checkpoints there and resumes from a
+    checkpoint whose fingerprint equals ``run_id`` (see :func:`fingerprint`). The caller writes the
+    final output and then calls :func:`discard_checkpoint`.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
     device = params_device(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps))
-    rows, window, t0 = [], {}, time.perf_counter()
+    ckpt = Path(ckpt) if ckpt is not None and cfg.checkpoint_every > 0 else None
+    state = _load_checkpoint(ckpt, module, opt, sched, run_id) if ckpt is not None else None
+    start = state["step"] if state else 0
+    rows, window = (state["rows"], state["window"]) if state else ([], {})
     stream = batches(n_examples, cfg.batch_size, seed)
-    bar = tqdm(range(cfg.steps), desc=desc, mininterval=5, disable=None)
+    for _ in range(start):       # the data position: replay the seeded stream to the saved step
+        next(stream)
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc=desc, mininterval=5, disable=None, initial=start, total=cfg.steps)
     for step in bar:
         idx = next(stream)
         with autocast_context(device):
@@ -87,13 +222,15 @@ def fit(params: list[torch.nn.Parameter], loss_step: Callable[[list[int]], dict[
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, "lr": sched.get_last_lr()[0],
                    **{k: sum(v) / len(v) for k, v in window.items()},
-                   "sec_per_step": (time.perf_counter() - t0) / (step + 1)}
+                   "sec_per_step": (time.perf_counter() - t0) / (step + 1 - start)}
             rows.append(row)
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("step %d %s", step + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _check_finite_params(module, step + 1)   # a finite loss can still leave inf/NaN weights
+            _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id)
+    _check_finite_params(module, cfg.steps)
     if metrics_path is not None:
-        from lori.io import atomic_write_text
-
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

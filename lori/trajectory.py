@@ -16,12 +16,23 @@ from tqdm import tqdm
 
 import lori
 from lori.data import Record, iter_batches
-from lori.io import atomic_path, zarr_create, zarr_put
+from lori.io import ArtifactError, atomic_path, zarr_create, zarr_put
 from lori.lowrank import Factors
 from lori.precision import autocast_context
 from lori.sequences import teacher_batch, teacher_sequence
 
 ANCHOR_POSITIONS = ["answer_start"]
+
+
+def check_factors_fit(factors: Factors, factors_path: str | Path, model_config, model_path: str | Path) -> None:
+    """Refuse factors of another architecture: their hidden size and layers must exist in the model."""
+    hidden, n_layers = model_config.hidden_size, model_config.num_hidden_layers
+    if factors.mean.shape[1] != hidden:
+        raise ArtifactError(f"{factors_path}: factors of hidden size {factors.mean.shape[1]}, but {model_path} "
+                            f"has hidden size {hidden} (factors from another model?)")
+    if not factors.layers or max(factors.layers) > n_layers or len(factors.layers) != factors.mean.shape[0]:
+        raise ArtifactError(f"{factors_path}: factor layers {factors.layers} (for {factors.mean.shape[0]} layers) "
+                            f"do not fit {model_path} ({n_layers} layers; hidden_states indices 0..{n_layers})")
 
 
 @torch.no_grad()

@@ -42,7 +42,8 @@ def test_default_config_loads_with_defaults(raw):
     assert cfg["run"] == "quickstart"
     assert cfg["methods"] == ["cot_sft", "no_cot", "lori"]
     assert cfg["factorize"] == {"rank_layer": 2, "rank_hidden": 16, "energy": None, "center": True,
-                                "layer_scaling": "layer_rms", "chunk_tokens": 8192}
+                                "layer_scaling": "layer_rms", "chunk_tokens": 8192,
+                                "method": "hosvd", "hooi_iters": 4, "shards": 1}
     # defaults filled for keys the file leaves out
     assert cfg["data"]["train"] == {"kind": "quickstart", "n": 4000, "path": None, "seed": None,
                                     "min_steps": None, "max_steps": None}
@@ -146,7 +147,7 @@ def test_to_flags_round_trip_factorize(cfg):
 
 def test_to_flags_text():
     assert to_flags({"energy": None, "center": False, "rank_layer": 2, "betas": [0.9, 0.98], "title": "a b"}) == \
-        "--energy none --center false --rank-layer 2 --betas '[0.9, 0.98]' --title 'a b'"
+        "--betas '[0.9, 0.98]' --center false --energy none --rank-layer 2 --title 'a b'"   # sorted: canonical
 
 
 def test_to_flags_list_values_round_trip():
