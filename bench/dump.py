@@ -10,8 +10,6 @@ The last line prints dump time / bare forward time (goal <= 1.3x).
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -21,46 +19,37 @@ import torch
 
 from lori.data import iter_batches, read_records
 from lori.lowrank import select_layers
-from lori.models import load_checkpoint, resolve_device
+from lori.models import load_checkpoint
 from lori.sequences import teacher_batch, teacher_sequence
 from lori.trajectory import write_trajectories
 
+from benchlib import device_name, run_parser, setup, sync
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="results/quickstart")
+    ap = run_parser(__doc__)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    run = Path(args.run)
-    if not (run / "teacher").exists():
-        raise SystemExit(f"error: {run / 'teacher'} is missing; run the pipeline first")
+    device, run = setup(args, ["teacher", "teacher_cot/train.jsonl"])
     model, tok = load_checkpoint(run / "teacher")
     model.to(device).eval()
     records = read_records(run / "teacher_cot/train.jsonl")[: args.n]
     layers = select_layers("all", model.config.num_hidden_layers)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     @torch.no_grad()
     def bare():
         for batch in iter_batches(records, args.batch_size):
             inputs = teacher_batch(tok, [teacher_sequence(tok, r) for r in batch])
             model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device))
-        sync()
+        sync(device)
 
     tmp = Path(tempfile.mkdtemp())
 
     def dump():
         write_trajectories(tmp / "calib.zarr", model, tok, records, layers, args.batch_size, device, {"stage": "bench"})
-        sync()
+        sync(device)
 
     times = {"bare forward": [], "dump_hidden": []}
     for _ in range(args.repeats):
@@ -70,8 +59,7 @@ def main() -> None:
             times[label].append(time.perf_counter() - start)
     size_mb = sum(f.stat().st_size for f in (tmp / "calib.zarr").rglob("*") if f.is_file()) / 2**20
     shutil.rmtree(tmp)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{args.threads} threads"
-    print(f"# dump benchmark on {name}; {len(records)} examples, batch {args.batch_size}, layers {layers}, store {size_mb:.1f} MiB")
+    print(f"# dump benchmark on {device_name(device, args.threads)}; {len(records)} examples, batch {args.batch_size}, layers {layers}, store {size_mb:.1f} MiB")
     for label, ts in times.items():
         print(f"{label:>13} best {min(ts):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in ts)})")
     ratio = min(times["dump_hidden"]) / min(times["bare forward"])

@@ -10,23 +10,15 @@ The last line prints the speed ratio (explicit wall time / implicit wall time) a
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import time
-from pathlib import Path
-
-import torch
 
 from lori.data import iter_batches, read_records
 from lori.generate import generate_cot
 from lori.latent import LatentStudent
-from lori.models import load_checkpoint, resolve_device
+from lori.models import load_checkpoint
 from lori.sequences import student_batch
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from benchlib import device_name, run_parser, setup, sync
 
 
 def time_method(generate, records, batch_size: int, device, repeats: int = 2) -> tuple[float, float]:
@@ -44,22 +36,14 @@ def time_method(generate, records, batch_size: int, device, repeats: int = 2) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="results/quickstart")
+    ap = run_parser(__doc__)
     ap.add_argument("--student", default="lori")
     ap.add_argument("--bench", default="test")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--batch-size", type=int, nargs="+", default=[64, 1])
     ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    run = Path(args.run)
-    for p in (run / "teacher", run / "students" / args.student, run / "data" / f"{args.bench}.jsonl"):
-        if not p.exists():
-            raise SystemExit(f"error: {p} is missing; run the pipeline first (snakemake --cores 2)")
+    device, run = setup(args, ["teacher", f"students/{args.student}", f"data/{args.bench}.jsonl"])
     teacher, tok = load_checkpoint(run / "teacher")
     teacher.to(device).eval()
     student, stok = LatentStudent.load(run / "students" / args.student)
@@ -72,8 +56,7 @@ def main() -> None:
     def implicit(batch):
         return student.generate(student_batch(stok, batch, student.latent_steps).to(device), args.max_new_tokens, stok)
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{args.threads} threads"
-    print(f"# inference benchmark on {name}; {len(records)} problems from {args.run}/{args.bench}")
+    print(f"# inference benchmark on {device_name(device, args.threads)}; {len(records)} problems from {args.run}/{args.bench}")
     print(f"{'batch':>5} {'method':>14} {'ms/problem':>11} {'gen tokens':>11} {'latent':>7}")
     ratios = []
     for bs in args.batch_size:

@@ -52,7 +52,7 @@ def main() -> None:
     d, n_layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
     student = LatentStudent(model, args.latent_steps, bot_id=1, eot_id=2).to(device)
     layers = list(range(1, n_layers + 1))
-    r_l, r_d = 4, 64
+    r_l, r_d = min(4, n_layers), min(64, d)
     factors = Factors(torch.linalg.qr(torch.randn(n_layers, r_l))[0], torch.linalg.qr(torch.randn(d, r_d))[0],
                       torch.zeros(n_layers, d), torch.ones(n_layers), layers).to(device)
     b = args.batch_size

@@ -11,11 +11,8 @@ Needs the artifacts of a finished run (teacher, targets, factors). The last line
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,38 +20,34 @@ from lori.data import read_records
 from lori.distill import DistillConfig, TeacherTargets, build_student, make_loss_step
 from lori.factorize import load_factors
 from lori.losses import anchor_loss
-from lori.models import load_checkpoint, resolve_device
+from lori.models import load_checkpoint
 from lori.sequences import student_batch, teacher_batch, teacher_sequence
 
+from benchlib import device_name, run_parser, setup, sync
 
-def timed(step, batches, device, warmup: int = 3) -> float:
-    for idx in batches[:warmup]:
-        step(idx)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for idx in batches[warmup:]:
-        step(idx)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+def timed(steps: dict, batches, device, warmup: int = 3) -> dict[str, float]:
+    """Mean seconds per step of each method; methods alternate step by step so that
+    machine noise hits them alike."""
+    total = dict.fromkeys(steps, 0.0)
+    for i, idx in enumerate(batches):
+        for label, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step(idx)
+            sync(device)
+            if i >= warmup:
+                total[label] += time.perf_counter() - start
+    return {label: t / (len(batches) - warmup) for label, t in total.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="results/quickstart")
+    ap = run_parser(__doc__)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--latent-steps", type=int, default=6)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    run = Path(args.run)
-    for p in ("teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"):
-        if not (run / p).exists():
-            raise SystemExit(f"error: {run / p} is missing; run the pipeline first (snakemake --cores 2)")
+    device, run = setup(args, ["teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"])
     records = read_records(run / "teacher_cot/train.jsonl")
     factors, _ = load_factors(str(run / "lowrank/factors.zarr"))
     targets = TeacherTargets(str(run / "targets/train.zarr"), [r.id for r in records], "full").to(device)
@@ -110,11 +103,8 @@ def main() -> None:
         loss.backward()
         codi_opt.step()
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{args.threads} threads"
-    print(f"# train-step benchmark on {name}; batch {args.batch_size}, K={args.latent_steps}, {args.steps} timed steps")
-    results = {}
-    for label, fn in [("no_cot SFT", no_cot), ("CoT SFT", cot_sft), ("LoRi", lori), ("CODI-style", codi_online)]:
-        results[label] = timed(fn, batches, device)
+    print(f"# train-step benchmark on {device_name(device, args.threads)}; batch {args.batch_size}, K={args.latent_steps}, {args.steps} timed steps")
+    results = timed({"no_cot SFT": no_cot, "CoT SFT": cot_sft, "LoRi": lori, "CODI-style": codi_online}, batches, device)
     base = results["no_cot SFT"]
     print(f"{'method':>12} {'ms/step':>9} {'vs no_cot SFT':>14} {'vs CoT SFT':>11}")
     for label, t in results.items():
