@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 # A sign counts only when it does not follow a word/digit (``10-3``) or a digit and a
 # space (``5 - 3``); the Unicode minus may be followed by one space (``− 3``).

@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from lori.data import BOT, EOT
 from lori.generate import Generation, forward_cached, greedy_continue, position_ids
 from lori.io import ArtifactError
-from lori.precision import autocast_context
 from lori.sequences import StudentBatch
 
 
@@ -99,8 +98,7 @@ class LatentStudent(nn.Module):
     def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[Generation]:
         """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>."""
         start = time.perf_counter()
-        with autocast_context(batch.prompt_ids.device):
-            rows = self._generate(batch, max_new_tokens, tokenizer)
+        rows = self._generate(batch, max_new_tokens, tokenizer)   # model dtype, no autocast: see generate_cot
         per = (time.perf_counter() - start) / len(rows)
         prefix = tokenizer.decode(batch.suffix_ids[0, : batch.answer_start].tolist(), skip_special_tokens=True)
         return [Generation(prefix + tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]

@@ -1,7 +1,9 @@
 """Numeric precision per device: fp32 on CPU, bf16 autocast on CUDA.
 
 Weights and optimizer state stay fp32 (master weights); autocast runs matmuls and attention
-in bf16 on the GPU. On CPU everything is fp32, so CPU runs are bitwise reproducible.
+in bf16 on the GPU for training steps and teacher-forced passes (dump_hidden, targets).
+Greedy decoding does not use it (autocast re-casts the weights at every token). On CPU
+everything is fp32, so CPU runs are bitwise reproducible.
 """
 from __future__ import annotations
 
