@@ -7,6 +7,8 @@ the state at the position that predicts the first answer token.
 """
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +24,7 @@ from lori.precision import autocast_context
 from lori.sequences import teacher_batch, teacher_sequence
 
 ANCHOR_POSITIONS = ["answer_start"]
+log = logging.getLogger("lori.trajectory")
 
 
 def check_factors_fit(factors: Factors, factors_path: str | Path, model_config, model_path: str | Path) -> None:
@@ -52,6 +55,18 @@ def teacher_states(model, tokenizer, records: list[Record], layers: list[int], b
         yield trajectories, anchors
 
 
+def check_disk_space(out: str | Path, needed: int) -> None:
+    """Say how much a store will take before writing it, and stop early if it cannot fit."""
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    log.info("%s will take about %.1f MiB (%.1f GiB free)", out, needed / 2**20,
+                                              free / 2**30)
+    if needed > 0.95 * free:
+        raise ArtifactError(f"{out}: needs about {needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free "
+                            f"on {parent}; dump fewer examples (dump_hidden.calibration_size) or layers")
+
+
 def cot_lengths(tokenizer, records: list[Record]) -> np.ndarray:
     return np.array([teacher_sequence(tokenizer, r).cot_len for r in records], dtype=np.int64)
 
@@ -69,6 +84,8 @@ def write_trajectories(out: str | Path, model, tokenizer, records: list[Record],
     lengths = cot_lengths(tokenizer, records)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n_layers, hidden = len(layers), model.config.hidden_size
+    per_token = (n_layers * hidden * 2) if factors is None else (factors.ranks[0] * factors.ranks[1] * 4)
+    check_disk_space(out, int(offsets[-1]) * per_token + len(records) * n_layers * hidden * 2)
     with atomic_path(out) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.attrs.update({**attrs, "layers": layers, "anchor_positions": ANCHOR_POSITIONS,
