@@ -26,6 +26,11 @@ def setup_logging(level: int = logging.INFO) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def runtime_of(config: dict) -> dict:
+    """The top-level keys every model stage takes from a full config: seed, threads, device."""
+    return {k: config[k] for k in ("seed", "threads", "device")}
+
+
 def stage_main(cls: type[T], argv: Sequence[str] | None, doc: str | None,
                paths: Sequence[tuple[str, str]], section: Callable[[dict], dict] | None = None):
     """Parse a stage's CLI into its config dataclass; set up logging and error reporting."""

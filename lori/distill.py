@@ -45,6 +45,7 @@ from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
 from lori.models import load_checkpoint, num_params, setup_runtime
 from lori.sequences import student_batch
 from lori.trajectory import check_factors_fit
+from lori.distributed import cleanup, init_distributed
 from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 
 log = logging.getLogger("lori.distill")
@@ -173,6 +174,7 @@ def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, record
 def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
         factors_path: str | None = None, metrics: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(records_path)
     check_training_records(records, records_path, need_cot=False)   # a student sees no CoT text
     student, tokenizer = build_student(cfg, teacher)
@@ -201,21 +203,23 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
     run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path)
     rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
-               ckpt=ckpt, run_id=run_id)
+               ckpt=ckpt, run_id=run_id, dist_info=info)
     student.eval()
-    student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
-    discard_checkpoint(ckpt)
+    if info.is_main:
+        student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+        discard_checkpoint(ckpt)
+    cleanup(info)
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
         # the method comes from the CLI; --config supplies common + that method's section
         method = getattr(ns, "method", "lori")
         return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
-                "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+                **runtime_of(config)}
 
     cfg, ns = stage_main(DistillConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir (initialisation)"), ("--records", "teacher_cot records jsonl"),

@@ -52,13 +52,33 @@ def rank_slice(indices: list[int], info: DistInfo) -> list[int]:
     return indices[lo:hi]
 
 
-def wrap_ddp(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
-    if not info.enabled:
-        return module
-    from torch.nn.parallel import DistributedDataParallel
+def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average gradients over ranks in one flat all-reduce.
 
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    Done after ``backward`` rather than through a ``DistributedDataParallel`` wrapper because the
+    recipes call their module directly inside ``loss_step`` (the latent chain runs several
+    forwards per step); one bucket is enough for the model sizes a single stage trains.
+    """
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
+    """Whether the loss is finite on every rank (so that all ranks stop together)."""
+    ok = torch.isfinite(loss.detach()).all()
+    if not info.enabled:
+        return bool(ok)
+    flag = ok.float().reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -58,10 +58,10 @@ def run(cfg: DumpHiddenConfig, teacher: str, records_path: str, out: str) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
-        return {**config["dump_hidden"], "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+        return {**config["dump_hidden"], **runtime_of(config)}
 
     cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),

@@ -106,10 +106,10 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
-        return {**config["evaluate"], "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+        return {**config["evaluate"], **runtime_of(config)}
 
     cfg, ns = stage_main(EvaluateConfig, argv, __doc__,
                          [("--model", "teacher (cot_sft) or student checkpoint dir"), ("--data", "benchmark records jsonl"),

@@ -55,10 +55,10 @@ def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
-        return {**config["targets"], "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+        return {**config["targets"], **runtime_of(config)}
 
     cfg, ns = stage_main(TargetsConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),

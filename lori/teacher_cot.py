@@ -124,10 +124,10 @@ def decode_all(model, tokenizer, records: list[Record], cfg: TeacherCoTConfig, d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
-        return {**config["teacher_cot"], "seed": config["seed"], "threads": config["threads"], "device": config["device"]}
+        return {**config["teacher_cot"], **runtime_of(config)}
 
     cfg, ns = stage_main(TeacherCoTConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--train", "training records jsonl"),

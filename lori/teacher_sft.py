@@ -24,6 +24,7 @@ from lori.data import DataError, check_training_records, read_records
 from lori.models import (build_scratch_model, build_word_tokenizer, ensure_special_tokens, load_pretrained,
                          num_params, save_checkpoint, setup_runtime)
 from lori.sequences import teacher_batch, teacher_sequence
+from lori.distributed import cleanup, init_distributed
 from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 
 log = logging.getLogger("lori.teacher_sft")
@@ -60,6 +61,7 @@ def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
 
 def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(train)
     check_training_records(records, train)
     texts = [f"{r.question} || {r.cot} #### {r.answer}" for r in records]
@@ -79,19 +81,20 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
 
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
-               run_id=fingerprint(asdict(cfg), train))
+               run_id=fingerprint(asdict(cfg), train), dist_info=info)
     model.eval()
-    save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
-    discard_checkpoint(ckpt)
+    if info.is_main:
+        save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+        discard_checkpoint(ckpt)
+    cleanup(info)
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import runtime_of, stage_main
 
     def section(config, ns):
-        return {**config["model"], **config["teacher_sft"], "seed": config["seed"],
-                "threads": config["threads"], "device": config["device"]}
+        return {**config["model"], **config["teacher_sft"], **runtime_of(config)}
 
     cfg, ns = stage_main(TeacherSFTConfig, argv, __doc__,
                          [("--train", "training records jsonl"), ("--out", "checkpoint directory"),

@@ -32,6 +32,7 @@ from tqdm import tqdm
 import lori
 from lori.config import config_hash
 from lori.io import atomic_path, atomic_write_text
+from lori.distributed import DistInfo, all_finite, average_gradients, barrier, rank_slice
 from lori.precision import autocast_context, params_device
 
 log = logging.getLogger("lori.train")
@@ -180,13 +181,22 @@ def _check_finite_params(module: torch.nn.Module, step: int) -> None:
 # ---------------------------------------------------------------- the loop
 def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torch.Tensor]],
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
-        desc: str = "train", ckpt: str | Path | None = None, run_id: str = "") -> list[dict]:
+        desc: str = "train", ckpt: str | Path | None = None, run_id: str = "",
+        dist_info: DistInfo | None = None) -> list[dict]:
     """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
 
     With ``ckpt`` and ``cfg.checkpoint_every > 0`` the loop checkpoints there and resumes from a
     checkpoint whose fingerprint equals ``run_id`` (see :func:`fingerprint`). The caller writes the
     final output and then calls :func:`discard_checkpoint`.
+
+    Under ``torchrun`` (``dist_info.enabled``) every rank draws the same global batch, computes
+    the loss on its slice, and gradients are averaged across ranks before the step (data
+    parallelism; identical in expectation to one device). Only rank 0 writes metrics and
+    checkpoints; a non-finite loss on any rank stops every rank.
     """
+    info = dist_info or DistInfo()
+    if info.enabled and cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     params = [p for p in module.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
     device = params_device(params)
@@ -205,14 +215,15 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     for step in bar:
         idx = next(stream)
         with autocast_context(device):
-            terms = loss_step(idx)
+            terms = loss_step(rank_slice(idx, info))
         loss = terms["loss"]
-        if not torch.isfinite(loss):
+        if not all_finite(loss, info):
             values = {k: float(v.detach()) for k, v in terms.items()}
             raise NonFiniteLoss(f"non-finite loss at step {step}: {values}; batch example indices {idx[:16]}"
                                 f"{' ...' if len(idx) > 16 else ''}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params, info)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -229,8 +240,10 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
             log.info("step %d %s", step + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _check_finite_params(module, step + 1)   # a finite loss can still leave inf/NaN weights
-            _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id)
+            if info.is_main:
+                _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id)
+            barrier(info)
     _check_finite_params(module, cfg.steps)
-    if metrics_path is not None:
+    if metrics_path is not None and info.is_main:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

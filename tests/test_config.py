@@ -45,7 +45,7 @@ def test_default_config_loads_with_defaults(raw):
                                 "layer_scaling": "layer_rms", "chunk_tokens": 8192,
                                 "method": "hosvd", "hooi_iters": 4, "shards": 1}
     # defaults filled for keys the file leaves out
-    assert cfg["data"]["train"] == {"kind": "quickstart", "n": 4000, "path": None, "seed": None,
+    assert cfg["data"]["train"] == {"kind": "quickstart", "n": 10000, "path": None, "seed": None,
                                     "min_steps": None, "max_steps": None}
     assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 4
     assert "report" in raw and cfg["report"]["title"] == "LoRi quickstart"
