@@ -83,14 +83,22 @@ def plot_accuracy_tokens(summaries: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     benches = sorted({s["bench"] for s in summaries})
+    methods = sorted({s["method"] for s in summaries})          # one colour per method across panels
     fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)
     for ax, bench in zip(axes[0], benches):
-        for i, s in enumerate(sorted((s for s in summaries if s["bench"] == bench), key=lambda s: s["method"])):
+        for s in sorted((s for s in summaries if s["bench"] == bench), key=lambda s: s["method"]):
             acc, lo, hi = 100 * s["accuracy"], 100 * s["ci_low"], 100 * s["ci_high"]
-            ax.errorbar([s["generated_tokens"]], [acc], yerr=[[acc - lo], [hi - acc]], fmt="o", color=f"C{i}",
-                        capsize=4, label=s["method"])
+            label = s["method"] + (f" (K={s['latent_steps']:.0f})" if s.get("latent_steps") else "")
+            ax.errorbar([s["generated_tokens"]], [acc], yerr=[[acc - lo], [hi - acc]], fmt="o",
+                        color=f"C{methods.index(s['method'])}", capsize=4, label=label)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 100)
         ax.set_xlabel("generated tokens per problem (log)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(bench)
