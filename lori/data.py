@@ -88,19 +88,6 @@ def split_steps(cot: str) -> list[str]:
     return [cot]
 
 
-def read_aug_file(path: str | Path, source: str = "", id_prefix: str = "") -> list[Record]:
-    """Read a GSM8K-Aug style ``question||cot #### answer`` text file."""
-    path = Path(path)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            q, steps, a = parse_aug_line(line, f"{path}:{lineno}")
-            records.append(Record(f"{id_prefix}{lineno - 1}", q, steps, a, source or path.stem))
-    return records
-
-
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
     from lori.io import atomic_write_text
 

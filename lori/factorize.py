@@ -49,7 +49,6 @@ from lori.lowrank import Factors, energy_curve
 log = logging.getLogger("lori.factorize")
 
 FACTOR_ARRAYS = ("U_layer", "U_hidden", "spectrum_layer", "spectrum_hidden", "mean", "scale")
-DIAGNOSTIC_ARRAYS = ("effective_rank", "cot_length", "energy_captured")
 
 
 @dataclass

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lori.data import (DataError, Record, cot_text, iter_batches, parse_aug_line, prompt_text, read_aug_file,
-                       read_records, split_steps, write_records)
+from lori.data import (DataError, Record, cot_text, iter_batches, parse_aug_line, prompt_text, read_records,
+                       split_steps, write_records)
+from lori.datasets import load_dataset
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 AUG = DATASETS / "gsm8k_aug"
@@ -69,23 +70,22 @@ def test_parse_errors_name_location(line, fragment):
     assert fragment in msg
 
 
-def test_read_aug_file_error_names_file_and_line(tmp_path):
+def test_gsm8k_aug_file_error_names_file_and_line(tmp_path):
     p = tmp_path / "bad.txt"
     p.write_text("a||<<1+1=2>> #### 2\n\nb||<<2+2=4>> 4\n")
     with pytest.raises(DataError) as e:
-        read_aug_file(p)
+        load_dataset("gsm8k_aug", str(p))
     assert f"{p}:3:" in str(e.value)
     assert "'####'" in str(e.value)
 
 
-def test_read_aug_file_ids_source_and_blank_lines(tmp_path):
+def test_gsm8k_aug_file_ids_source_and_blank_lines(tmp_path):
     p = tmp_path / "mini.txt"
     p.write_text("a||<<1+1=2>> #### 2\n\nb|| #### 4\n")
-    recs = read_aug_file(p, id_prefix="x")
-    assert [r.id for r in recs] == ["x0", "x2"]          # ids are 0-based line numbers
-    assert [r.source for r in recs] == ["mini", "mini"]   # default source: file stem
-    assert recs[1].steps == [] and recs[1].answer == "4"
-    assert read_aug_file(p, source="s")[0].source == "s"
+    recs = load_dataset("gsm8k_aug", str(p), split="x")
+    assert [r.question for r in recs] == ["a", "b"] and len({r.id for r in recs}) == 2   # blank line skipped
+    assert all(r.id.startswith("x-") for r in recs) and {r.source for r in recs} == {"gsm8k_aug"}
+    assert recs[0].steps == ["<<1+1=2>>"] and recs[1].steps == [] and recs[1].answer == "4"
 
 
 # ---------------------------------------------------------------- records jsonl
@@ -161,7 +161,7 @@ def test_read_real_gsm8k_aug(name, count, first_answer):
     path = AUG / name
     if not path.exists():
         pytest.skip(f"{path} not available")
-    recs = read_aug_file(path, id_prefix="t")
+    recs = load_dataset("gsm8k_aug", str(path), split="t")
     assert len(recs) == count
     assert recs[0].answer == first_answer
     assert len({r.id for r in recs}) == count
