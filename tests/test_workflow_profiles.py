@@ -28,3 +28,18 @@ def test_slurm_profile_requests_gpus_for_model_stages():
     for rule in ("teacher_sft", "teacher_cot", "dump_hidden", "targets", "distill", "evaluate"):
         assert cfg["set-resources"][rule]["gpu"] == 1, rule
     assert "gpu" not in cfg["set-resources"]["factorize"]
+
+
+def test_gpus_above_one_launch_training_under_torchrun(tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(MICRO.read_text())
+    cfg.update(gpus=2, device="cuda")
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "-n", "-p", configfile=path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "torchrun --standalone --nproc_per_node 2 --module lori.teacher_sft" in out
+    assert "torchrun --standalone --nproc_per_node 2 --module lori.distill" in out
+    assert "python -m lori.dump_hidden" in out          # forward-only stages stay single-process

@@ -27,6 +27,13 @@ def runtime_flags():
     return to_flags({"seed": config["seed"], "device": config["device"]})
 
 
+def trainer(module):
+    """How a training stage is launched: plain Python, or torchrun with one process per GPU."""
+    if config["gpus"] > 1:
+        return f"torchrun --standalone --nproc_per_node {config['gpus']} --module lori.{module}"
+    return f"python -m lori.{module}"
+
+
 def split_spec(split):
     """A split's dataset spec, merged with the generator settings (only what affects it)."""
     spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]

@@ -15,15 +15,16 @@ rule distill:
         f"{R}/logs/distill/{{method}}.log",
     threads: config["threads"]
     resources:
-        gpu=0 if config["device"] == "cpu" else 1,
+        gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
         args=lambda wc: to_flags(method_config(wc.method)),
         lowrank=lambda wc, input: (
             f"--targets {input.targets} --factors {input.factors}" if "targets" in input.keys() else ""
         ),
         runtime=runtime_flags(),
+        launch=trainer("distill"),
     shell:
-        "python -m lori.distill --teacher {input.teacher} --records {input.records} {params.lowrank} "
+        "{params.launch} --teacher {input.teacher} --records {input.records} {params.lowrank} "
         "--out {output.model} --metrics {output.metrics} {params.args} {params.runtime} --threads {threads} "
         "> {log} 2>&1"
 

@@ -9,14 +9,15 @@ rule teacher_sft:
         f"{R}/logs/teacher_sft.log",
     threads: config["threads"]
     resources:
-        gpu=0 if config["device"] == "cpu" else 1,
+        gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
         args=to_flags({**config["model"], **config["teacher_sft"]}),
         # a pretrained model starts from its converted checkpoint (rule base_model), not the hub / GGUF
         base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),
+        launch=trainer("teacher_sft"),
     shell:
-        "python -m lori.teacher_sft --train {input.train} --out {output.model} --metrics {output.metrics} "
+        "{params.launch} --train {input.train} --out {output.model} --metrics {output.metrics} "
         "{params.args} {params.base} {params.runtime} --threads {threads} > {log} 2>&1"
 
 
