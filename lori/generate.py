@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.sequences import bos, encode, pad_left
-from lori.data import prompt_text
+from lori.sequences import pad_left, prompt_ids
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,7 +76,7 @@ def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, de
                  temperature: float = 0.0) -> list[Generation]:
     """Explicit-CoT generation for one batch of questions (teacher / cot_sft): greedy, or sampled."""
     start = time.perf_counter()
-    ids, mask = pad_left([bos(tokenizer) + encode(tokenizer, prompt_text(q)) for q in questions], tokenizer.pad_token_id)
+    ids, mask = pad_left([prompt_ids(tokenizer, q) for q in questions], tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
     # no autocast here: it re-casts every weight at every generated token, which made decoding
     # 2.6x slower on an H200 (SmolLM2, batch 128); decoding runs in the model's own dtype

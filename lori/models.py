@@ -12,6 +12,7 @@ written atomically; never pickles.
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 from typing import Iterable
@@ -26,6 +27,7 @@ from lori.io import ArtifactError, atomic_path
 apply_offline_default()
 PACKAGE_PREFIX = "pkg:"
 
+PROMPT_FILE = "lori_prompt.json"
 SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "eos_token": "<eos>"}
 WORD_SPLIT = r"▁?\d|▁?[^▁\d]+|▁"  # digits split one per token; words keep their leading space
 
@@ -180,6 +182,8 @@ def load_checkpoint(path: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (truncated weights), ...
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if (path / PROMPT_FILE).exists():
+        tokenizer.lori_prompt = json.loads((path / PROMPT_FILE).read_text())["prompt"]
     return model, tokenizer
 
 
@@ -191,6 +195,8 @@ def save_checkpoint(out: str | Path, model, tokenizer, extra_files: dict[str, st
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        # how prompts are built (plain | chat) travels with the weights: every later stage agrees
+        (tmp / PROMPT_FILE).write_text(json.dumps({"prompt": getattr(tokenizer, "lori_prompt", "plain")}) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         for name, tensors in (extra_tensors or {}).items():

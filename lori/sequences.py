@@ -23,6 +23,24 @@ def bos(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
+def prompt_mode(tokenizer) -> str:
+    """``plain`` or ``chat``; set by teacher_sft and stored with every checkpoint (lori.models)."""
+    return getattr(tokenizer, "lori_prompt", "plain")
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """What every model is given before its CoT / thoughts: the one place prompts are built.
+
+    ``plain``: ``[bos] question ||``; ``chat``: the tokenizer's chat template with the question
+    as the user turn and the assistant turn opened (e.g. SmolLM2's ChatML).
+    """
+    if prompt_mode(tokenizer) == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        return encode(tokenizer, text)
+    return bos(tokenizer) + encode(tokenizer, prompt_text(question))
+
+
 @dataclass
 class TeacherSequence:
     input_ids: list[int]
@@ -33,7 +51,7 @@ class TeacherSequence:
 
 def teacher_sequence(tokenizer, record: Record, steps: list[str] | None = None) -> TeacherSequence:
     """``[bos] question || steps #### answer <eos>`` with its CoT span and anchor."""
-    prompt = bos(tokenizer) + encode(tokenizer, prompt_text(record.question))
+    prompt = prompt_ids(tokenizer, record.question)
     cot = encode(tokenizer, cot_text(record.steps if steps is None else steps))
     sep = encode(tokenizer, f" {ANSWER_SEP}")
     answer = encode(tokenizer, f" {record.answer}") + [tokenizer.eos_token_id]
@@ -95,7 +113,7 @@ class StudentBatch:
 
 
 def student_prompt(tokenizer, question: str, latent_steps: int) -> list[int]:
-    ids = bos(tokenizer) + encode(tokenizer, prompt_text(question))
+    ids = prompt_ids(tokenizer, question)
     return ids + ([tokenizer.convert_tokens_to_ids(BOT)] if latent_steps > 0 else [])
 
 

@@ -35,6 +35,7 @@ class TeacherSFTConfig(OptimConfig):
     name_or_path: str | None = None      # hub name / local dir / .gguf; None = from scratch
     gguf_file: str | None = None
     tokenizer: str = "word"              # word | pretrained
+    prompt: str = "plain"                # plain (question ||) | chat (the tokenizer's chat template)
     scratch: dict = field(default_factory=dict)   # LlamaConfig fields for from-scratch models
     seed: int = 0
     threads: int = 2
@@ -47,6 +48,10 @@ class TeacherSFTConfig(OptimConfig):
             raise ValueError("tokenizer 'word' is for from-scratch models; use 'pretrained' with name_or_path")
         if self.tokenizer not in ("word", "pretrained"):
             raise ValueError(f"tokenizer must be word | pretrained, got {self.tokenizer!r}")
+        if self.prompt not in ("plain", "chat"):
+            raise ValueError(f"prompt must be plain | chat, got {self.prompt!r}")
+        if self.prompt == "chat" and not self.name_or_path:
+            raise ValueError("prompt 'chat' needs a pretrained model whose tokenizer has a chat template")
 
 
 def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
@@ -56,6 +61,9 @@ def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
     else:
         tokenizer = build_word_tokenizer(texts)
         model = build_scratch_model(cfg.scratch, tokenizer)
+    if cfg.prompt == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"prompt 'chat': the tokenizer of {cfg.name_or_path} has no chat template; use prompt: plain")
+    tokenizer.lori_prompt = cfg.prompt   # saved with the checkpoint; every later stage builds prompts the same way
     return model, tokenizer
 
 
