@@ -96,21 +96,20 @@ class LatentStudent(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[Generation]:
-        """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>."""
-        start = time.perf_counter()
-        rows = self._generate(batch, max_new_tokens, tokenizer)   # model dtype, no autocast: see generate_cot
-        per = (time.perf_counter() - start) / len(rows)
-        prefix = tokenizer.decode(batch.suffix_ids[0, : batch.answer_start].tolist(), skip_special_tokens=True)
-        return [Generation(prefix + tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]
+        """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>.
 
-    def _generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[list[int]]:
+        Runs in the model's dtype without autocast (see :func:`lori.generate.generate_cot`)."""
+        start = time.perf_counter()
         past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None)
         head = batch.suffix_ids[:, : batch.answer_start]
         mask = torch.cat([mask, torch.ones_like(head)], dim=1)
         out, past = forward_cached(self.model, past, input_ids=head, attention_mask=mask,
                                    position_ids=pos[:, None] + torch.arange(head.shape[1], device=pos.device))
-        return greedy_continue(self.model, past, mask, pos + head.shape[1], out.logits[:, -1],
+        rows = greedy_continue(self.model, past, mask, pos + head.shape[1], out.logits[:, -1],
                                max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        per = (time.perf_counter() - start) / len(rows)
+        prefix = tokenizer.decode(head[0].tolist(), skip_special_tokens=True)
+        return [Generation(prefix + tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
