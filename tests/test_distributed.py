@@ -13,9 +13,8 @@ from safetensors.torch import load_file
 
 from lori import prepare_data
 from lori.distributed import DistInfo, rank_slice
+from tests.tiny import TINY
 
-TINY = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                   "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True})
 
 
 def test_rank_slices_cover_the_batch_once():

@@ -22,11 +22,9 @@ import pytest
 import zarr
 
 from lori import distill, dump_hidden, factorize, prepare_data, targets, teacher_sft
+from tests.tiny import TINY, RUNTIME
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                   "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True})
-RUNTIME = ["--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

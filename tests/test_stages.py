@@ -13,10 +13,8 @@ from lori import dump_hidden, distill, evaluate, factorize, prepare_data, report
 from lori.data import read_records
 from lori.factorize import load_factors
 from lori.latent import LatentStudent
+from tests.tiny import TINY, RUNTIME
 
-TINY = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                   "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True})
-RUNTIME = ["--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
