@@ -21,7 +21,7 @@ from lori.data import Record, iter_batches
 from lori.io import ArtifactError, atomic_path, zarr_create, zarr_put
 from lori.lowrank import Factors
 from lori.precision import autocast_context
-from lori.sequences import teacher_batch, teacher_sequence
+from lori.sequences import TeacherSequence, teacher_batch, teacher_sequence
 
 ANCHOR_POSITIONS = ["answer_start"]
 log = logging.getLogger("lori.trajectory")
@@ -39,11 +39,10 @@ def check_factors_fit(factors: Factors, factors_path: str | Path, model_config, 
 
 
 @torch.no_grad()
-def teacher_states(model, tokenizer, records: list[Record], layers: list[int], batch_size: int,
+def teacher_states(model, tokenizer, sequences: list[TeacherSequence], layers: list[int], batch_size: int,
                    device) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """Per batch: the trajectories ``[n_i, L, d]`` and anchors ``[B, 1, L, d]`` (float32, on device)."""
-    for batch in tqdm(list(iter_batches(records, batch_size)), desc="teacher states", mininterval=5, disable=None):
-        seqs = [teacher_sequence(tokenizer, r) for r in batch]
+    for seqs in tqdm(list(iter_batches(sequences, batch_size)), desc="teacher states", mininterval=5, disable=None):
         inputs = teacher_batch(tokenizer, seqs)
         with autocast_context(device):
             out = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
@@ -60,15 +59,10 @@ def check_disk_space(out: str | Path, needed: int) -> None:
     parent = Path(out).resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
-    log.info("%s will take about %.1f MiB (%.1f GiB free)", out, needed / 2**20,
-                                              free / 2**30)
+    log.info("%s will take about %.1f MiB (%.1f GiB free)", out, needed / 2**20, free / 2**30)
     if needed > 0.95 * free:
         raise ArtifactError(f"{out}: needs about {needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free "
                             f"on {parent}; dump fewer examples (dump_hidden.calibration_size) or layers")
-
-
-def cot_lengths(tokenizer, records: list[Record]) -> np.ndarray:
-    return np.array([teacher_sequence(tokenizer, r).cot_len for r in records], dtype=np.int64)
 
 
 def write_trajectories(out: str | Path, model, tokenizer, records: list[Record], layers: list[int],
@@ -81,7 +75,8 @@ def write_trajectories(out: str | Path, model, tokenizer, records: list[Record],
     """
     import zarr
 
-    lengths = cot_lengths(tokenizer, records)
+    sequences = [teacher_sequence(tokenizer, r) for r in records]     # tokenized once: lengths, then batches
+    lengths = np.array([s.cot_len for s in sequences], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n_layers, hidden = len(layers), model.config.hidden_size
     per_token = (n_layers * hidden * 2) if factors is None else (factors.ranks[0] * factors.ranks[1] * 4)
@@ -107,7 +102,7 @@ def write_trajectories(out: str | Path, model, tokenizer, records: list[Record],
                                        ["example", "anchor", "rank_layer", "rank_hidden"], positions=ANCHOR_POSITIONS)
             factors = factors.to(device)
         ex = 0
-        for trajectories, anchor_states in teacher_states(model, tokenizer, records, layers, batch_size, device):
+        for trajectories, anchor_states in teacher_states(model, tokenizer, sequences, layers, batch_size, device):
             b = len(trajectories)
             flat = torch.cat(trajectories) if trajectories else anchor_states[:0, 0]
             lo, hi = int(offsets[ex]), int(offsets[ex + b])
