@@ -1,6 +1,6 @@
-"""Stage ``distill``: train one latent student (``lori``, ``no_cot``, ``codi``) with the shared loop.
+"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``) with the shared loop.
 
-``L = L_task + alpha * L_reason + gamma * L_anchor`` (DESIGN.md §3):
+``lori`` and ``no_cot`` (this module): ``L = L_task + alpha * L_reason + gamma * L_anchor`` (DESIGN.md §3):
 
 - ``L_task``: answer cross-entropy after ``<bot> [K thoughts] <eot> ####``;
 - ``L_reason``: mean + covariance of the student's K thought states, projected by the
@@ -9,13 +9,17 @@
 - ``L_anchor``: the student's state at the position predicting the first answer token vs
   the teacher's, in the core (``anchor_space: core``) or on the full normalised states.
 
-Methods are presets of the same knobs (``METHOD_PRESETS``; the config overrides any of them):
-``lori`` (alpha=gamma=1), ``no_cot`` (K=0, answer directly), ``codi`` (anchor only, full
-space, smooth-L1 / teacher std — CODI-style, against the fixed teacher's dumped anchor
-rather than an in-loop teacher). ``cot_sft`` is the teacher itself and is not trained here.
+``lori`` is alpha=gamma=1, ``no_cot`` is K=0 (answer directly); a CODI-*style* anchor against the
+fixed dumped teacher is ``lori`` with ``alpha: 0, anchor_space: full, anchor_loss: smooth_l1``.
+
+The baselines are recipes (:mod:`lori.recipes`), each one module: ``codi`` (in-loop
+self-distillation, :mod:`lori.recipes.codi`), ``coconut`` (stage curriculum,
+:mod:`lori.recipes.coconut`), ``icot_si`` (stepwise CoT-token removal, :mod:`lori.recipes.icot_si`).
+They need the records' CoT steps, not the targets. ``cot_sft`` is the teacher itself and is
+not trained here.
 
 Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, when
-alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
+alpha or gamma > 0 (lori), ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
 ``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
 ``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
 checkpoint ``students/<method>.ckpt/`` (:mod:`lori.train`).
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Sequence
 
 import numpy as np
@@ -43,6 +47,7 @@ from lori.io import ArtifactError, open_store, read_array
 from lori.latent import LatentStudent
 from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
 from lori.models import load_checkpoint, num_params, setup_runtime
+from lori.recipes import RECIPES
 from lori.sequences import student_batch
 from lori.trajectory import check_factors_fit
 from lori.distributed import cleanup, init_distributed
@@ -53,13 +58,23 @@ log = logging.getLogger("lori.distill")
 METHOD_PRESETS: dict[str, dict] = {
     "lori": {"latent_steps": 6, "alpha": 1.0, "gamma": 1.0},
     "no_cot": {"latent_steps": 0, "alpha": 0.0, "gamma": 0.0},
-    "codi": {"latent_steps": 6, "alpha": 0.0, "gamma": 1.0, "anchor_space": "full", "anchor_loss": "smooth_l1"},
+    # the recipes (lori.recipes) never read targets: alpha = gamma = 0
+    "codi": {"latent_steps": 6, "alpha": 0.0, "gamma": 0.0},
+    "coconut": {"alpha": 0.0, "gamma": 0.0, "steps_per_stage": 200},   # latent_steps = max_stage * c
+    "icot_si": {"latent_steps": 0, "alpha": 0.0, "gamma": 0.0, "steps_per_stage": 100},
+}
+# knobs only one method reads; setting one for another method is an error (a typo or a wrong block)
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "codi": ("distill_weight", "teacher_weight", "include_last_step"),
+    "coconut": ("thoughts_per_step", "max_stage"),
+    "icot_si": ("remove_per_stage", "removal_lambda", "remove_all_beyond"),
+    "coconut+icot_si": ("steps_per_stage", "reset_optimizer"),
 }
 
 
 @dataclass
 class DistillConfig(OptimConfig):
-    method: str = "lori"                 # lori | no_cot | codi (a preset of the knobs below)
+    method: str = "lori"                 # lori | no_cot | codi | coconut | icot_si (a preset of the knobs below)
     init: Literal["teacher", "base"] = "teacher"   # start from the CoT teacher or re-initialise its architecture
     latent_steps: int | None = None      # K continuous thoughts (None = preset)
     alpha: float | None = None           # weight of L_reason (None = preset)
@@ -69,6 +84,20 @@ class DistillConfig(OptimConfig):
     covariance: Literal["full", "per_layer"] = "full"
     anchor_space: Literal["core", "full"] | None = None
     anchor_loss: Literal["mse", "smooth_l1"] | None = None
+    # codi (lori.recipes.codi): L = L_student + distill_weight * L_KD + teacher_weight * L_teacher
+    distill_weight: float = 1.0          # CODI's beta (paper: 1 for GPT-2, 20 for LLaMA-1B)
+    teacher_weight: float = 1.0          # CODI's gamma, weight of the teacher pass's CoT cross-entropy
+    include_last_step: bool = False      # keep the CoT's last step in the teacher pass (CODI drops it)
+    # coconut (lori.recipes.coconut)
+    thoughts_per_step: int = 2           # c: continuous thoughts replacing one CoT step (paper: 2 on GSM8K)
+    max_stage: int = 3                   # stages that replace steps; then all steps go (paper: 3)
+    # coconut and icot_si
+    steps_per_stage: int | None = None   # optimizer steps per stage (the papers' epochs; None = preset)
+    reset_optimizer: bool = True         # reset AdamW at each schedule change (both papers)
+    # icot_si (lori.recipes.icot_si)
+    remove_per_stage: int = 8            # Delta: CoT tokens removed per stage (paper: 8 per epoch)
+    removal_lambda: float | None = 4.0   # removal smoothing P(o) ~ exp(-lambda o) (paper: 4); None = off
+    remove_all_beyond: int | None = None # remove all CoT once this many are scheduled (paper GSM8K: 39)
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -76,11 +105,39 @@ class DistillConfig(OptimConfig):
     def __post_init__(self):
         if self.method not in METHOD_PRESETS:
             raise ValueError(f"unknown method {self.method!r} (one of {', '.join(METHOD_PRESETS)})")
+        fixed_k = self.method == "coconut" and self.latent_steps is not None
         defaults = {"anchor_space": "core", "anchor_loss": "mse", **METHOD_PRESETS[self.method]}
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         problems = []
+        for owners, knobs in METHOD_KNOBS.items():
+            if self.method not in owners.split("+"):
+                field_defaults = {f.name: f.default for f in fields(self)}
+                problems += [f"{k} is a knob of {owners.replace('+', ' and ')}, not of method '{self.method}'"
+                             for k in knobs if getattr(self, k) != field_defaults[k]]
+        if self.method == "coconut":
+            k = self.max_stage * self.thoughts_per_step
+            if fixed_k and self.latent_steps != k:
+                problems.append(f"coconut keeps max_stage * thoughts_per_step = {k} thoughts; latent_steps "
+                                f"{self.latent_steps} contradicts it (leave it unset)")
+            self.latent_steps = k
+            if self.thoughts_per_step < 1 or self.max_stage < 1:
+                problems.append("coconut needs thoughts_per_step >= 1 and max_stage >= 1")
+            if self.steps_per_stage < 1 or self.steps <= self.max_stage * self.steps_per_stage:
+                problems.append(f"coconut: steps ({self.steps}) must exceed max_stage * steps_per_stage "
+                                f"({self.max_stage} * {self.steps_per_stage}) so the final stage (all steps "
+                                f"replaced, the layout evaluation uses) is trained")
+        if self.method == "icot_si":
+            if self.latent_steps != 0:
+                problems.append("icot_si answers without thoughts: latent_steps must be 0")
+            if self.steps_per_stage < 1 or self.remove_per_stage < 1:
+                problems.append("icot_si needs steps_per_stage >= 1 and remove_per_stage >= 1")
+            if self.removal_lambda is not None and self.removal_lambda <= 0:
+                problems.append(f"removal_lambda must be > 0 (or null for no smoothing), got {self.removal_lambda}")
+        if self.method in RECIPES and (self.alpha > 0 or self.gamma > 0):
+            problems.append(f"method '{self.method}' does not read the dumped teacher's targets (alpha, gamma must "
+                            f"be 0); the fixed-teacher anchor variant is method lori with alpha: 0, anchor_space: full")
         if self.latent_steps < 0:
             problems.append(f"latent_steps must be >= 0, got {self.latent_steps}")
         if self.alpha > 0 and self.latent_steps == 0:
@@ -95,6 +152,11 @@ class DistillConfig(OptimConfig):
     @property
     def needs_targets(self) -> bool:
         return self.alpha > 0 or self.gamma > 0
+
+    @property
+    def feedback(self) -> str:
+        """How a thought becomes the next input: Coconut feeds the hidden state back as is."""
+        return "hidden" if self.method == "coconut" else "projection"
 
 
 class TeacherTargets:
@@ -135,7 +197,7 @@ def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, obje
 
         model = AutoModelForCausalLM.from_config(model.config)
     student = LatentStudent(model, cfg.latent_steps, tokenizer.convert_tokens_to_ids(BOT),
-                            tokenizer.convert_tokens_to_ids(EOT))
+                            tokenizer.convert_tokens_to_ids(EOT), feedback=cfg.feedback)
     return student, tokenizer
 
 
@@ -176,7 +238,8 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(records_path)
-    check_training_records(records, records_path, need_cot=False)   # a student sees no CoT text
+    # lori / no_cot students see no CoT text; the recipes train on it (teacher pass, curricula)
+    check_training_records(records, records_path, need_cot=cfg.method in RECIPES)
     student, tokenizer = build_student(cfg, teacher)
     student.to(device).train()
     targets = factors = None
@@ -199,11 +262,17 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
         factors, targets = factors.to(device), targets.to(device)
     log.info("student '%s': %.2fM parameters, K=%d, alpha=%g, gamma=%g, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.latent_steps, cfg.alpha, cfg.gamma, len(records), device)
-    loss_step = make_loss_step(cfg, student, tokenizer, records, targets, factors, device)
+    if cfg.method in RECIPES:
+        from lori import recipes
+
+        recipe = recipes.build(cfg, student, tokenizer, records, device)
+        loss_step, on_step = recipe.loss_step, recipe.on_step
+    else:
+        loss_step, on_step = make_loss_step(cfg, student, tokenizer, records, targets, factors, device), None
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
     run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path)
     rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
-               ckpt=ckpt, run_id=run_id, dist_info=info)
+               ckpt=ckpt, run_id=run_id, dist_info=info, on_step=on_step)
     student.eval()
     if info.is_main:
         student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})

@@ -5,7 +5,9 @@ After ``question || <bot>`` the model's last hidden state goes through
 then ``<eot> ####`` and the answer. The chain runs on the KV cache, one position per
 thought for the whole batch, and gradients flow through it (no recompute).
 
-``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
+``feedback: hidden`` (Coconut) feeds the last hidden state back unchanged, with no
+projection. ``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
+``latent.json`` records both, so evaluation needs nothing method-specific.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -47,29 +50,43 @@ class StudentOutput:
     anchor: torch.Tensor | None             # [B, L, d] hidden states at the anchor position
 
 
+Feedback = Literal["projection", "hidden"]
+
+
 class LatentStudent(nn.Module):
-    def __init__(self, model, latent_steps: int, bot_id: int, eot_id: int, projection: Projection | None = None):
+    def __init__(self, model, latent_steps: int, bot_id: int, eot_id: int, projection: Projection | None = None,
+                 feedback: Feedback = "projection"):
         super().__init__()
+        if feedback not in ("projection", "hidden"):
+            raise ValueError(f"feedback must be projection | hidden, got {feedback!r}")
         self.model = model
         self.latent_steps = latent_steps
         self.bot_id, self.eot_id = bot_id, eot_id
-        if projection is None and latent_steps > 0:
+        self.feedback = feedback
+        if feedback == "hidden":
+            projection = None        # Coconut: the last hidden state is the next input embedding
+        elif projection is None and latent_steps > 0:
             emb = model.get_input_embeddings().weight
             projection = Projection(emb.shape[1], out_scale=float(emb.detach().pow(2).mean().sqrt()))
         self.projection = projection
 
     # ------------------------------------------------------------------ forward
-    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None):
-        """Prompt block then K thoughts on the cache. Returns cache, mask, next positions,
-        logits after the last input, and the thoughts' hidden states [B, K, L, d] (if layers)."""
-        need_hidden = self.latent_steps > 0 or layers is not None
+    def _feed(self, last: torch.Tensor) -> torch.Tensor:
+        return last if self.projection is None else self.projection(last)
+
+    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, latent_steps: int | None = None):
+        """Prompt block then K thoughts on the cache (K = ``latent_steps``, default the student's).
+        Returns cache, mask, next positions, logits after the last input, and the thoughts'
+        hidden states [B, K, L, d] (if layers)."""
+        k = self.latent_steps if latent_steps is None else latent_steps
+        need_hidden = k > 0 or layers is not None
         out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
                                    position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden)
         mask, pos = prompt_mask, prompt_mask.sum(1)
         logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
         thought_states = []
-        for _ in range(self.latent_steps):
-            embeds = self.projection(last)[:, None]                              # [B, 1, d]
+        for _ in range(k):
+            embeds = self._feed(last)[:, None]                                   # [B, 1, d]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out, past = forward_cached(self.model, past, inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=pos[:, None], output_hidden_states=True)
@@ -79,9 +96,11 @@ class LatentStudent(nn.Module):
         thoughts = torch.stack(thought_states, dim=1) if thought_states else None  # [B, K, L, d]
         return past, mask, pos, logits, thoughts
 
-    def forward(self, batch: StudentBatch, layers: list[int] | None = None) -> StudentOutput:
-        """Training forward: answer CE, plus thought/anchor states at ``layers`` when given."""
-        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers)
+    def forward(self, batch: StudentBatch, layers: list[int] | None = None,
+                latent_steps: int | None = None) -> StudentOutput:
+        """Training forward: CE on ``suffix[answer_start:]``, plus thought/anchor states at ``layers``
+        when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages)."""
+        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, latent_steps)
         suffix_len = batch.suffix_ids.shape[1]
         out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
                                 attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
@@ -115,7 +134,8 @@ class LatentStudent(nn.Module):
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
         from lori.models import save_checkpoint
 
-        files = {"latent.json": json.dumps({"latent_steps": self.latent_steps}, indent=2), **(extra_files or {})}
+        meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
+        files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
         tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else None
         save_checkpoint(out, self.model, tokenizer, files, tensors)
 
@@ -130,9 +150,13 @@ class LatentStudent(nn.Module):
         meta_path = path / "latent.json"
         if not meta_path.exists():
             raise ArtifactError(f"{path}: not a student checkpoint (no latent.json)")
-        latent_steps = int(json.loads(meta_path.read_text())["latent_steps"])
+        meta = json.loads(meta_path.read_text())
+        latent_steps = int(meta["latent_steps"])
+        feedback = meta.get("feedback", "projection")      # checkpoints older than Coconut have none
+        if feedback not in ("projection", "hidden"):
+            raise ArtifactError(f"{meta_path}: feedback must be projection | hidden, got {feedback!r}")
         projection = None
-        if latent_steps > 0:
+        if latent_steps > 0 and feedback == "projection":
             projection = Projection(model.get_input_embeddings().weight.shape[1])
             try:
                 projection.load_state_dict(load_file(str(path / "projection.safetensors")))
@@ -141,5 +165,5 @@ class LatentStudent(nn.Module):
                                     f"{projection.norm.weight.shape[0]}): {type(e).__name__}: "
                                     f"{' '.join(l.strip() for l in str(e).splitlines()[:2])}") from None
         student = cls(model, latent_steps, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
-                      projection)
+                      projection, feedback)
         return student, tokenizer

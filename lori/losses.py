@@ -78,3 +78,18 @@ def anchor_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse")
         std = teacher.detach().std().clamp_min(EPS)
         return F.smooth_l1_loss(student / std, teacher / std)
     raise ValueError(f"unknown anchor loss {kind!r} (mse | smooth_l1)")
+
+
+def normalized_smooth_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """CODI's distillation loss: per layer, smooth-L1 between student and teacher states divided by
+    the std of that layer's teacher states (over batch and hidden), then averaged over layers.
+
+    student, teacher: [B, L, d]. The teacher is detached here (CODI never trains the teacher
+    pass through this loss, only through its own cross-entropy); 0 when the states match.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student states {tuple(student.shape)} vs teacher states {tuple(teacher.shape)}")
+    teacher = teacher.detach()
+    per_layer = [F.smooth_l1_loss(student[:, l], teacher[:, l]) / teacher[:, l].std().clamp_min(EPS)
+                 for l in range(teacher.shape[1])]
+    return torch.stack(per_layer).mean()

@@ -132,3 +132,16 @@ def student_batch(tokenizer, records: list[Record], latent_steps: int, index: li
     suffix_ids, suffix_mask = pad_right(suffixes, tokenizer.pad_token_id)
     idx = torch.tensor(index if index is not None else list(range(len(records))), dtype=torch.long)
     return StudentBatch(prompt_ids, prompt_mask, suffix_ids, suffix_mask, len(head), idx)
+
+
+def step_ids(tokenizer, steps: list[str]) -> list[list[int]]:
+    """Each CoT step's tokens, as it appears in :func:`teacher_sequence` (`` step`` with its space),
+    so a curriculum can drop whole steps (Coconut)."""
+    return [encode(tokenizer, f" {s}") for s in steps]
+
+
+def drop_cot_tokens(seq: TeacherSequence, n: int) -> TeacherSequence:
+    """The sequence with its first ``n`` CoT tokens removed (iCoT-SI); ``n`` is capped at the CoT length."""
+    n = max(0, min(n, seq.cot_len))
+    ids = seq.input_ids[: seq.prompt_len] + seq.input_ids[seq.prompt_len + n :]
+    return TeacherSequence(ids, seq.prompt_len, seq.cot_len - n, seq.anchor - n)

@@ -182,8 +182,12 @@ def _check_finite_params(module: torch.nn.Module, step: int) -> None:
 def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torch.Tensor]],
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
         desc: str = "train", ckpt: str | Path | None = None, run_id: str = "",
-        dist_info: DistInfo | None = None) -> list[dict]:
+        dist_info: DistInfo | None = None, on_step: Callable[[int], bool] | None = None) -> list[dict]:
     """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
+
+    ``on_step(step)`` runs before each step's loss (curricula: Coconut's stages, iCoT-SI's token
+    removal); when it returns True the optimizer's state is reset (those papers reset AdamW at
+    every schedule change). It is a pure function of the step, so resuming replays it exactly.
 
     With ``ckpt`` and ``cfg.checkpoint_every > 0`` the loop checkpoints there and resumes from a
     checkpoint whose fingerprint equals ``run_id`` (see :func:`fingerprint`). The caller writes the
@@ -214,6 +218,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     bar = tqdm(range(start, cfg.steps), desc=desc, mininterval=5, disable=None, initial=start, total=cfg.steps)
     for step in bar:
         idx = next(stream)
+        if on_step is not None and on_step(step):
+            opt.state.clear()        # fresh AdamW moments and bias correction; the lr schedule goes on
         with autocast_context(device):
             terms = loss_step(rank_slice(idx, info))
         loss = terms["loss"]

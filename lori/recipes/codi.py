@@ -1,0 +1,57 @@
+"""CODI (Shen et al. 2025, "CODI: Compressing Chain-of-Thought into Continuous Space via Self-Distillation").
+
+Self-distillation: ONE model is both the explicit-CoT teacher and the latent student, in the loop.
+Each step runs two passes of the same weights on the same problems:
+
+- teacher pass: ``[bos] question || CoT #### answer <eos>`` (teacher-forced), cross-entropy on
+  CoT + answer (``L_teacher``). CODI drops the CoT's last step (``include_last_step: false``, the
+  reference code's ``include_last_cot`` default);
+- student pass: ``question || <bot> [K thoughts] <eot> #### answer <eos>``, each thought the last
+  hidden state through the projection (``Linear -> GELU -> Linear -> LayerNorm``), cross-entropy
+  on the answer (``L_student``);
+- distillation: at the position that predicts the first answer token (last token of ``####``
+  in both passes; CODI's "The answer is:" colon) the student's hidden states of every layer
+  (embedding output included) are pulled towards the teacher's, which are detached:
+  ``L_KD = mean_l smooth_l1(h_S^l, sg(h_T^l)) / std(h_T^l)``.
+
+``L = L_student + distill_weight * L_KD + teacher_weight * L_teacher`` (paper: beta = 1 for GPT-2,
+20 for LLaMA-1B; gamma = 1). The teacher pass needs no dumped targets or factors.
+"""
+from __future__ import annotations
+
+import torch
+
+from lori.losses import normalized_smooth_l1
+from lori.recipes import Recipe
+from lori.sequences import student_batch, teacher_batch, teacher_sequence
+
+
+def teacher_steps(steps: list[str], include_last_step: bool) -> list[str]:
+    return list(steps) if include_last_step else list(steps[:-1])
+
+
+def teacher_anchor_states(hidden_states, anchors: torch.Tensor) -> torch.Tensor:
+    """Every layer's state at each row's anchor: hidden_states (L+1) x [B, T, d] -> [B, L+1, d]."""
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    return torch.stack([h[rows, anchors] for h in hidden_states], dim=1)
+
+
+def build(cfg, student, tokenizer, records, device) -> Recipe:
+    device = torch.device(device)
+    layers = list(range(student.model.config.num_hidden_layers + 1))     # embeddings + every block
+    teacher_seqs = [teacher_sequence(tokenizer, r, teacher_steps(r.steps, cfg.include_last_step)) for r in records]
+
+    def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
+        seqs = [teacher_seqs[i] for i in idx]
+        tb = {k: v.to(device) for k, v in teacher_batch(tokenizer, seqs).items()}
+        t_out = student.model(**tb, output_hidden_states=True)
+        anchors = torch.tensor([s.anchor for s in seqs], device=device)
+        # CODI reads the teacher's states under no_grad: the distillation loss trains only the student pass
+        t_states = teacher_anchor_states(t_out.hidden_states, anchors).detach()      # [B, L+1, d]
+        s_out = student(student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device), layers)
+        with torch.autocast(device.type, enabled=False):
+            distill = normalized_smooth_l1(s_out.anchor.float(), t_states.float())
+        loss = s_out.task_loss.float() + cfg.distill_weight * distill + cfg.teacher_weight * t_out.loss.float()
+        return {"loss": loss, "task": s_out.task_loss, "distill": distill, "teacher": t_out.loss}
+
+    return Recipe(loss_step)
