@@ -1,0 +1,275 @@
+"""The baseline recipes (lori/recipes/): each method's defining mechanics, pinned with real numbers,
+and each trains a few steps on the tiny model and evaluates through lori.evaluate."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lori import distill, evaluate, prepare_data, teacher_sft
+from lori.data import ANSWER_SEP, EOT, Record, cot_text, read_records
+from lori.distill import DistillConfig
+from lori.latent import LatentStudent
+from lori.losses import normalized_smooth_l1
+from lori.recipes import coconut, codi, icot_si
+from lori.sequences import drop_cot_tokens, encode, student_batch, teacher_batch, teacher_sequence
+from tests.tiny import RUNTIME, TINY
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny teacher (3 SFT steps) on 48 generated problems, and 12 test problems."""
+    d = tmp_path_factory.mktemp("recipes")
+    p = {"train": str(d / "train.jsonl"), "test": str(d / "test.jsonl"), "teacher": str(d / "teacher"), "dir": d}
+    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "48", "--out", p["train"]])
+    prepare_data.main(["--split", "test", "--kind", "quickstart", "--n", "12", "--out", p["test"], "--exclude", p["train"]])
+    teacher_sft.main(["--train", p["train"], "--out", p["teacher"], "--metrics", str(d / "tm.jsonl"), "--scratch", TINY,
+                      "--steps", "3", "--batch-size", "8", *RUNTIME])
+    return p
+
+
+@pytest.fixture(scope="module")
+def student(tiny):
+    """The teacher wrapped as a K=6 latent student (projection feedback) and its tokenizer."""
+    cfg = DistillConfig(method="codi", threads=1, device="cpu")
+    return distill.build_student(cfg, tiny["teacher"])
+
+
+def text(tokenizer, ids) -> str:
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+FOUR = Record("r4", "Tom has 8 rocks . he loses 4 . he finds 52 more . he gets 2 times as many . how many now ?",
+              ["<<8-4=4>>", "<<4+52=56>>", "<<56*2=112>>", "<<112-12=100>>"], "100")
+TWO = Record("r2", "Sam has 7 stamps . he gets 5 more . he gets 2 times as many . how many now ?",
+             ["<<7+5=12>>", "<<12*2=24>>"], "24")
+
+
+# ---------------------------------------------------------------- Coconut
+def test_coconut_stage_schedule():
+    assert [coconut.stage_at(s, 100, 3) for s in (0, 99, 100, 199, 200, 299, 300, 999)] == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_coconut_stage_k_replaces_k_steps_by_k_c_thoughts(tiny, student, stage):
+    _, tok = student
+    batch, thoughts = coconut.coconut_batch(tok, [FOUR], stage, thoughts_per_step=2, max_stage=3)
+    kept = FOUR.steps[stage:] if stage <= 3 else []            # final stage: every step removed
+    assert thoughts == 2 * min(stage, 3)                          # k*c latent slots; max_stage*c at the end
+    suffix = batch.suffix_ids[0][batch.suffix_mask[0] == 1].tolist()
+    assert suffix[0] == tok.convert_tokens_to_ids(EOT) and batch.answer_start == 1   # loss starts after <eot>
+    expected = encode(tok, cot_text(kept)) + encode(tok, f" {ANSWER_SEP}") + encode(tok, " 100") + [tok.eos_token_id]
+    assert suffix[1:] == expected
+    assert text(tok, suffix[1:]).split(ANSWER_SEP)[0].split() == " ".join(kept).split() or not kept
+    prompt = batch.prompt_ids[0][batch.prompt_mask[0] == 1].tolist()
+    assert prompt[-1] == tok.convert_tokens_to_ids("<bot>")
+
+
+def test_coconut_short_record_loses_all_steps_but_keeps_k_c_thoughts(student):
+    _, tok = student
+    batch, thoughts = coconut.coconut_batch(tok, [TWO, FOUR], 3, thoughts_per_step=2, max_stage=3)
+    assert thoughts == 6
+    rows = [batch.suffix_ids[i][batch.suffix_mask[i] == 1].tolist() for i in range(2)]
+    assert rows[0][1:] == encode(tok, f" {ANSWER_SEP} 24") + [tok.eos_token_id]
+    assert rows[1][1:] == encode(tok, cot_text(FOUR.steps[3:]) + f" {ANSWER_SEP} 100") + [tok.eos_token_id]
+
+
+def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny):
+    cfg = DistillConfig(method="coconut", steps=400, steps_per_stage=100, threads=1, device="cpu")
+    model, tok = distill.build_student(cfg, tiny["teacher"])
+    assert model.projection is None and model.feedback == "hidden" and model.latent_steps == 6
+    batch, k = coconut.coconut_batch(tok, [FOUR, TWO], 2, 2, 3)
+    seen = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kw: seen.append(kw["inputs_embeds"].shape[1]) if kw.get("inputs_embeds") is not None else None,
+        with_kwargs=True)
+    model(batch, None, latent_steps=k)
+    hook.remove()
+    assert seen == [1] * 4                                          # stage 2, c = 2: four single-position thoughts
+    # the thought fed back is the last hidden state itself
+    last = torch.randn(2, 32)
+    assert torch.equal(model._feed(last), last)
+
+
+def test_coconut_resets_the_optimizer_at_stage_boundaries(tiny, student):
+    model, tok = student
+    cfg = DistillConfig(method="coconut", steps=400, steps_per_stage=100, threads=1, device="cpu")
+    recipe = coconut.build(cfg, model, tok, read_records(tiny["train"]), "cpu")
+    assert [s for s in range(400) if recipe.on_step(s)] == [100, 200, 300]
+
+
+# ---------------------------------------------------------------- iCoT-SI
+def test_icot_schedule_removes_the_scheduled_number_of_tokens():
+    per = icot_si.steps_per_token(80, 8)
+    assert per == 10
+    assert [icot_si.scheduled_removal(s, per, None) for s in (0, 9, 10, 55, 399)] == [0, 0, 1, 5, 39]
+    assert icot_si.scheduled_removal(390, per, 39) == math.inf and icot_si.scheduled_removal(389, per, 39) == 38
+    assert icot_si.scheduled_removal(7, icot_si.steps_per_token(3, 8), None) == 7   # < 1 step per token: one per step
+    # smoothing off: exactly the scheduled count, capped at each CoT's length
+    assert icot_si.removal_counts([30, 3, 12], 5, None) == [5, 3, 5]
+    assert icot_si.removal_counts([30, 3], math.inf, None) == [30, 3]
+
+
+def test_icot_drops_tokens_from_the_front_of_the_cot(student):
+    _, tok = student
+    seq = teacher_sequence(tok, FOUR)
+    cut = drop_cot_tokens(seq, 7)
+    cot = seq.input_ids[seq.prompt_len : seq.prompt_len + seq.cot_len]
+    assert cut.input_ids == seq.input_ids[: seq.prompt_len] + cot[7:] + seq.input_ids[seq.prompt_len + seq.cot_len :]
+    assert cut.cot_len == seq.cot_len - 7 and cut.input_ids[cut.anchor + 1] == seq.input_ids[seq.anchor + 1]
+    gone = drop_cot_tokens(seq, 10_000)                               # all CoT removed = the No-CoT sequence
+    no_cot = student_batch(tok, [FOUR], 0)
+    assert gone.input_ids == no_cot.prompt_ids[0].tolist() + no_cot.suffix_ids[0].tolist()
+
+
+def test_icot_removal_smoothing_distribution():
+    lam = 1.0
+    p = icot_si.removal_distribution(lam)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert p[0].item() == pytest.approx(1 - math.exp(-1)) and p[1].item() / p[0].item() == pytest.approx(math.exp(-1))
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.tensor(icot_si.removal_counts([1000] * 20000, 5, p, gen)) - 5
+    assert counts.min().item() == 0
+    assert (counts == 0).float().mean().item() == pytest.approx(1 - math.exp(-1), abs=0.015)
+    assert counts.float().mean().item() == pytest.approx(math.exp(-1) / (1 - math.exp(-1)), abs=0.03)  # geometric mean
+    # the paper's lambda = 4: almost always the scheduled count, rarely one more
+    four = torch.tensor(icot_si.removal_counts([1000] * 20000, 0, icot_si.removal_distribution(4.0), gen))
+    assert (four == 0).float().mean().item() == pytest.approx(1 - math.exp(-4), abs=0.005) and four.max().item() <= 3
+
+
+def test_icot_resets_the_optimizer_when_the_count_grows_and_refuses_a_short_schedule(tiny, student):
+    model, tok = student
+    records = read_records(tiny["train"])
+    longest = max(teacher_sequence(tok, r).cot_len for r in records)
+    cfg = DistillConfig(method="icot_si", steps=longest * 2 + 5, steps_per_stage=2, remove_per_stage=1,
+                        threads=1, device="cpu")
+    recipe = icot_si.build(cfg, model, tok, records, "cpu")
+    resets = [s for s in range(cfg.steps) if recipe.on_step(s)]
+    assert resets == list(range(2, 2 * longest + 1, 2))             # one per removed token, none once all is gone
+    recipe.on_step(cfg.steps - 1)
+    terms = recipe.loss_step(list(range(8)))
+    assert terms["cot_left"].item() == 0 and terms["loss"].requires_grad
+    short = DistillConfig(method="icot_si", steps=longest, steps_per_stage=1, remove_per_stage=1, threads=1, device="cpu")
+    with pytest.raises(ValueError, match=f"longest CoT has {longest} tokens"):
+        icot_si.build(short, model, tok, records, "cpu")
+
+
+# ---------------------------------------------------------------- CODI
+def test_normalized_smooth_l1_is_zero_at_the_teacher_and_scaled_by_its_std():
+    t = torch.randn(4, 3, 16)
+    assert normalized_smooth_l1(t.clone(), t).item() == 0.0
+    s = t + 0.01
+    by_hand = sum(F.smooth_l1_loss(s[:, l], t[:, l]) / t[:, l].std() for l in range(3)) / 3
+    assert normalized_smooth_l1(s, t).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    teacher = t.clone().requires_grad_()
+    student = s.clone().requires_grad_()
+    normalized_smooth_l1(student, teacher).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0     # the teacher's states get no gradient
+
+
+def test_codi_distils_the_pre_answer_position(student):
+    _, tok = student
+    answer_ids = encode(tok, " 100")
+    seq = teacher_sequence(tok, FOUR, codi.teacher_steps(FOUR.steps, include_last_step=False))
+    assert seq.input_ids[seq.anchor + 1] == answer_ids[0]             # the anchor predicts the first answer token
+    assert seq.input_ids[seq.anchor] == encode(tok, f" {ANSWER_SEP}")[-1]
+    assert tok.decode(seq.input_ids[seq.prompt_len : seq.prompt_len + seq.cot_len]).split() == " ".join(FOUR.steps[:-1]).split()
+    sb = student_batch(tok, [FOUR], 6)
+    assert sb.suffix_ids[0, sb.answer_start].item() == answer_ids[0]  # student side: answer_start - 1 is the same token
+    assert sb.suffix_ids[0, sb.answer_start - 1].item() == seq.input_ids[seq.anchor]
+
+
+def test_codi_distillation_gradient_reaches_only_the_student_pass(tiny, student):
+    model, tok = student
+    torch.manual_seed(0)
+    records = read_records(tiny["train"])[:4]
+    cfg = DistillConfig(method="codi", threads=1, device="cpu")
+    terms = codi.build(cfg, model, tok, records, "cpu").loss_step([0, 1, 2, 3])
+    assert set(terms) == {"loss", "task", "distill", "teacher"}
+    assert terms["loss"].item() == pytest.approx((terms["task"] + terms["distill"] + terms["teacher"]).item(), rel=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(terms["distill"], params, allow_unused=True)
+    # reference: the teacher pass run under no_grad (as CODI's code does), the student pass with grad
+    seqs = [teacher_sequence(tok, r, codi.teacher_steps(r.steps, False)) for r in records]
+    with torch.no_grad():
+        t_out = model.model(**teacher_batch(tok, seqs), output_hidden_states=True)
+    t_states = codi.teacher_anchor_states(t_out.hidden_states, torch.tensor([s.anchor for s in seqs]))
+    layers = list(range(model.model.config.num_hidden_layers + 1))
+    s_out = model(student_batch(tok, records, 6, [0, 1, 2, 3]), layers)
+    ref = normalized_smooth_l1(s_out.anchor, t_states)
+    assert ref.item() == pytest.approx(terms["distill"].item(), rel=1e-5)
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None) and (g is None or torch.allclose(g, r, atol=1e-7))
+    # control: letting the gradient into the teacher pass changes it (so the check above can fail)
+    t_live = codi.teacher_anchor_states(model.model(**teacher_batch(tok, seqs), output_hidden_states=True).hidden_states,
+                                        torch.tensor([s.anchor for s in seqs]))
+    s_out = model(student_batch(tok, records, 6, [0, 1, 2, 3]), layers)
+    live = sum(F.smooth_l1_loss(s_out.anchor[:, l], t_live[:, l]) / t_live[:, l].detach().std()
+               for l in range(len(layers))) / len(layers)
+    live_grads = torch.autograd.grad(live, params, allow_unused=True)
+    assert any(g is not None and not torch.allclose(g, r, atol=1e-7) for g, r in zip(live_grads, ref_grads))
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"method": "lori", "max_stage": 2}, "max_stage is a knob of coconut"),
+    ({"method": "codi", "steps_per_stage": 5}, "steps_per_stage is a knob of coconut and icot_si"),
+    ({"method": "coconut", "latent_steps": 4}, "max_stage * thoughts_per_step = 6"),
+    ({"method": "coconut", "steps": 300, "steps_per_stage": 100}, "must exceed max_stage * steps_per_stage"),
+    ({"method": "codi", "gamma": 1.0}, "does not read the dumped teacher's targets"),
+    ({"method": "icot_si", "latent_steps": 2}, "latent_steps must be 0"),
+])
+def test_recipe_configs_fail_loudly(kwargs, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        DistillConfig(**kwargs)
+
+
+def test_in_loop_codi_needs_no_targets():
+    assert not DistillConfig(method="codi").needs_targets
+    assert DistillConfig(method="lori", alpha=0.0, anchor_space="full", anchor_loss="smooth_l1").needs_targets
+
+
+def test_recipes_refuse_records_without_cot(tiny, tmp_path):
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"id": f"b{i}", "question": "q", "steps": [], "answer": "3"}) + "\n"
+                            for i in range(8)))
+    from lori.data import DataError
+
+    for method in ("codi", "coconut", "icot_si"):
+        with pytest.raises(DataError, match="empty chain of thought"):
+            distill.main(["--method", method, "--teacher", tiny["teacher"], "--records", str(bare),
+                          "--out", str(tmp_path / method), "--steps", "5", *RUNTIME,
+                          *(["--steps-per-stage", "1"] if method == "coconut" else [])])
+
+
+# ---------------------------------------------------------------- train + evaluate end to end
+@pytest.mark.parametrize("method, extra, k, feedback", [
+    ("codi", [], 6, "projection"),
+    ("coconut", ["--steps-per-stage", "1"], 6, "hidden"),
+    ("icot_si", ["--steps-per-stage", "1", "--remove-all-beyond", "2"], 0, "projection"),
+])
+def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback):
+    out, metrics = tiny["dir"] / f"s_{method}", tiny["dir"] / f"{method}_metrics.jsonl"
+    distill.main(["--method", method, "--teacher", tiny["teacher"], "--records", tiny["train"], "--out", str(out),
+                  "--metrics", str(metrics), "--steps", "5", "--batch-size", "4", "--log-every", "1", *extra, *RUNTIME])
+    assert json.loads((out / "latent.json").read_text()) == {"latent_steps": k, "feedback": feedback}
+    assert (out / "projection.safetensors").exists() == (feedback == "projection" and k > 0)
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(math.isfinite(r["loss"]) for r in rows)
+    if method == "coconut":
+        assert [r["stage"] for r in rows] == [1, 2, 3, 4, 4]
+    if method == "icot_si":
+        assert [r["scheduled"] for r in rows][:2] == [0, 1] and rows[-1]["cot_left"] == 0
+    if method == "codi":
+        assert all(r["distill"] > 0 and r["teacher"] > 0 for r in rows)
+    loaded, _ = LatentStudent.load(out)
+    assert loaded.latent_steps == k and loaded.feedback == feedback
+    summary = evaluate.run(evaluate.EvaluateConfig(method=method, max_new_tokens=4, threads=1, device="cpu"),
+                           str(out), tiny["test"], str(tiny["dir"] / f"eval_{method}.jsonl"))
+    assert summary["n"] == 12 and summary["latent_steps"] == k and 0 <= summary["accuracy"] <= 1
