@@ -105,7 +105,7 @@ def test_multiple_errors_reported_together(raw):
 
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda c: c["data"]["quickstart"].update(min_steps=5), "data.train: min_steps 5 > max_steps 4"),
-    (lambda c: c["methods"].append("codi"), "methods: 'codi' has no distill.codi section"),
+    (lambda c: (c["methods"].append("codi"), c["distill"].pop("codi")), "methods: 'codi' has no distill.codi section"),
     (lambda c: c["factorize"].update(rank_layer=None), "factorize: set rank_layer and rank_hidden, or energy"),
     (lambda c: c["data"]["benchmarks"].update(gsm={"kind": "gsm8k_aug"}), "data.gsm: kind 'gsm8k_aug' needs a path"),
 ])
