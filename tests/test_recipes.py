@@ -273,3 +273,19 @@ def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback
     summary = evaluate.run(evaluate.EvaluateConfig(method=method, max_new_tokens=4, threads=1, device="cpu"),
                            str(out), tiny["test"], str(tiny["dir"] / f"eval_{method}.jsonl"))
     assert summary["n"] == 12 and summary["latent_steps"] == k and 0 <= summary["accuracy"] <= 1
+
+
+def test_baselines_profile_plans_every_method_and_recipes_need_no_targets(tmp_path):
+    from lori.config import ROOT
+    from tests.test_workflow import planned_jobs, snakemake
+
+    res = snakemake(tmp_path, "-n", "-p", configfile=ROOT / "config" / "profiles" / "baselines.yaml")
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = planned_jobs(res)
+    assert jobs["distill"] == 5 and jobs["evaluate"] == 6 * 2
+    out = res.stdout + res.stderr
+    for method in ("codi", "coconut", "icot_si"):
+        line = next(l for l in out.splitlines() if "lori.distill" in l and f"--method {method} " in l)
+        assert "--targets" not in line and "--factors" not in line
+    lori_line = next(l for l in out.splitlines() if "lori.distill" in l and "--method lori " in l)
+    assert "--targets" in lori_line
