@@ -289,3 +289,38 @@ def test_baselines_profile_plans_every_method_and_recipes_need_no_targets(tmp_pa
         assert "--targets" not in line and "--factors" not in line
     lori_line = next(l for l in out.splitlines() if "lori.distill" in l and "--method lori " in l)
     assert "--targets" in lori_line
+
+
+@pytest.mark.parametrize("method, extra", [("icot_si", ["--steps-per-stage", "2", "--remove-per-stage", "1",
+                                                        "--remove-all-beyond", "2"]),
+                                           ("coconut", ["--steps-per-stage", "1"])])
+def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch, method, extra):
+    """The curriculum (stage, removal count, smoothing offsets, optimizer resets) is a function of the
+    step, so a run stopped after its step-3 checkpoint and rerun ends bitwise where a straight run does."""
+    from safetensors.torch import load_file
+
+    from lori import recipes
+
+    args = ["--method", method, "--teacher", tiny["teacher"], "--records", tiny["train"], "--steps", "6",
+            "--batch-size", "4", "--checkpoint-every", "3", *extra, *RUNTIME]
+    distill.main([*args, "--out", str(tmp_path / "straight")])
+    real_build = recipes.build
+
+    def crashing_build(*a, **kw):
+        recipe, calls = real_build(*a, **kw), []
+
+        def loss_step(idx):
+            calls.append(1)
+            if len(calls) == 5:                      # step 4 of 6: after the step-3 checkpoint
+                raise KeyboardInterrupt("killed")
+            return recipe.loss_step(idx)
+        return recipes.Recipe(loss_step, recipe.on_step)
+
+    monkeypatch.setattr(recipes, "build", crashing_build)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main([*args, "--out", str(tmp_path / "resumed")])
+    assert (tmp_path / "resumed.ckpt" / "meta.json").exists()
+    monkeypatch.setattr(recipes, "build", real_build)
+    distill.main([*args, "--out", str(tmp_path / "resumed")])
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
