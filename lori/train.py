@@ -72,6 +72,14 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
 
 
 # ---------------------------------------------------------------- checkpoints
+def step_flops(params: int, positions: int) -> float:
+    """Training FLOPs of one step: 6 x parameters x positions processed (forward 2, backward 4).
+
+    The usual dense estimate (Kaplan et al. 2020); attention's quadratic term is left out, which
+    is small at our sequence lengths. Positions include padding: the hardware computes them."""
+    return 6.0 * params * positions
+
+
 def checkpoint_dir(out: str | Path) -> Path:
     """Where a stage writing ``out`` keeps its resumable training checkpoint: ``<out>.ckpt``."""
     out = Path(out)

@@ -4,14 +4,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even when not installed
 
+import re
+
 from lori.config import to_flags, validate_config
 from lori.distill import DistillConfig
+from lori.sweep import matched_inputs, student_config, student_runs
 
 validate_config(config, "config")
 
 R = f"results/{config['run']}"
 METHODS = list(config["methods"])
-STUDENTS = [m for m in METHODS if m != "cot_sft"]
+# every student trained: methods x sweep variants x seeds (lori.sweep); names are
+# <variant> for the first seed, <variant>-seed<k> for the others
+STUDENT_RUNS = student_runs(config)
+STUDENTS = list(STUDENT_RUNS)
+EVALUATED = ["cot_sft"] * ("cot_sft" in METHODS) + STUDENTS
 BENCHES = list(config["data"]["benchmarks"])
 SPLITS = ["train", *BENCHES]
 
@@ -19,12 +26,12 @@ SPLITS = ["train", *BENCHES]
 wildcard_constraints:
     split="|".join(SPLITS),
     bench="|".join(BENCHES),
-    method="|".join(METHODS),
+    method="|".join(map(re.escape, EVALUATED)),
 
 
-def runtime_flags():
+def runtime_flags(seed=None):
     """Seed and device for every model stage (threads come from the rule's `threads`)."""
-    return to_flags({"seed": config["seed"], "device": config["device"]})
+    return to_flags({"seed": config["seed"] if seed is None else seed, "device": config["device"]})
 
 
 def trainer(module):
@@ -43,14 +50,22 @@ def split_spec(split):
     return {"split": split, **values}
 
 
-def method_config(method):
-    """distill.common + distill.<method>: exactly the knobs of one student."""
-    return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method}
+def method_config(student):
+    """distill.common + distill.<method> + the variant's overrides: exactly the knobs of one student."""
+    return student_config(config, student)
 
 
-def needs_targets(method):
-    cfg = {k: v for k, v in method_config(method).items()}
-    return DistillConfig(**cfg).needs_targets
+def student_seed(student):
+    return STUDENT_RUNS[student][1]
+
+
+def needs_targets(student):
+    return DistillConfig(**method_config(student)).needs_targets
+
+
+def matched(student):
+    """Compute-matched student: {ref, base, by} student names whose metrics set its steps; else None."""
+    return matched_inputs(config, student)
 
 
 def model_dir(method):
