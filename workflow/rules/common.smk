@@ -4,8 +4,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even when not installed
 
-from lori.config import to_flags, validate_config
+import dataclasses
+
+from lori.config import load_schema, to_flags, validate_config
 from lori.distill import DistillConfig
+from lori.teacher_sft import TeacherSFTConfig
 
 validate_config(config, "config")
 
@@ -34,6 +37,14 @@ def trainer(module):
     return f"python -m lori.{module}"
 
 
+def training_runtime(cls):
+    """config.runtime knobs a training stage's config dataclass takes, only those set away from
+    their defaults: the default adds no flags, so it leaves existing training outputs cached."""
+    defaults = load_schema()["properties"]["runtime"]["properties"]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in config["runtime"].items() if k in fields and v != defaults[k]["default"]}
+
+
 def split_spec(split):
     """A split's dataset spec, merged with the generator settings (only what affects it)."""
     spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]
@@ -45,7 +56,8 @@ def split_spec(split):
 
 def method_config(method):
     """distill.common + distill.<method>: exactly the knobs of one student."""
-    return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method}
+    return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
+            **training_runtime(DistillConfig)}
 
 
 def needs_targets(method):
