@@ -170,7 +170,8 @@ def run_partial(cfg: DumpHiddenConfig, teacher: str, records_path: str, shard: i
     extra = {"shard": shard, "num_shards": cfg.shards, "example_range": [lo, hi],
              "inputs": inputs_id(teacher, records_path)}
     info = dump_examples(cfg, teacher, records_path, records, lo, hi, out, extra)
-    log.info("shard %d/%d: examples %d..%d -> %s", shard, cfg.shards, lo, hi, out)
+    if info:    # under torchrun only rank 0 has written the store
+        log.info("shard %d/%d: examples %d..%d -> %s", shard, cfg.shards, lo, hi, out)
     return info
 
 

@@ -131,7 +131,9 @@ def test_two_process_dump_equals_one_process(run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_store(run["whole"], out)
     assert [p.name for p in tmp_path.iterdir()] == ["ddp.zarr"], "rank parts must be removed"
-    # a shard dumped by 2 ranks, then gathered with a one-process shard, equals the unsharded dump
+
+
+def test_shard_dumped_by_two_processes_gathers_to_the_unsharded_dump(run, tmp_path):
     part0 = tmp_path / "part0.zarr"
     res = _torchrun(["partial", *common(run, 2), "--shard", "0", "--out", str(part0)])
     assert res.returncode == 0, res.stderr[-3000:]
