@@ -23,8 +23,8 @@ from typing import Sequence
 from transformers import AutoModelForCausalLM
 
 from lori.data import DataError, check_training_records, read_records
-from lori.models import (build_scratch_model, build_word_tokenizer, ensure_special_tokens, load_pretrained,
-                         num_params, save_checkpoint, setup_runtime)
+from lori.models import (build_scratch_model, build_word_tokenizer, enable_checkpointing, ensure_special_tokens,
+                         load_pretrained, num_params, save_checkpoint, setup_runtime)
 from lori.sequences import teacher_batch, teacher_sequence
 from lori.distributed import cleanup, init_distributed, unsharded
 from lori.precision import to_device
@@ -80,7 +80,7 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
     model, tokenizer = build_teacher(cfg, texts)
     model.to(device).train()
     if cfg.gradient_checkpointing:   # one forward per step, no KV cache: safe here (not for the latent students)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     log.info("teacher: %.2fM parameters, vocab %d, %d training problems, device %s",
              num_params(model) / 1e6, len(tokenizer), len(records), device)
     seqs = [teacher_sequence(tokenizer, r) for r in records]

@@ -159,3 +159,23 @@ def test_dry_run_with_dump_shards_plans_scatter_gather(tmp_path):
     for i in range(3):
         assert f"python -m lori.dump_hidden partial" in out and f"--shard {i} " in out
     assert "python -m lori.dump_hidden gather" in out and "hidden/shards/calib.part2.zarr" in out
+
+
+@pytest.mark.slow          # a real Snakemake run up to the factors (~1-2 minutes on 2 CPU cores)
+@pytest.mark.integration
+def test_sharded_dump_under_torchrun_runs_in_the_workflow(tmp_path):
+    from tests.test_workflow import MICRO, snakemake
+
+    cfg = yaml.safe_load(MICRO.read_text())
+    cfg["dump_hidden"].update(shards=2)
+    cfg.update(gpus=2)                       # torchrun with 2 CPU processes per training and dump job
+    path = tmp_path / "sharded.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--until", "factorize", configfile=path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "results" / "micro"
+    assert (run / "lowrank" / "factors.zarr").exists()
+    assert not (run / "hidden" / "shards").exists() or not any((run / "hidden" / "shards").iterdir())  # temp parts removed
+    g = zarr.open_group(str(run / "hidden" / "calib.zarr"), mode="r")
+    assert g.attrs["examples"] == 32 and "shard" not in g.attrs
+    assert "gathered 2 shards" in (run / "logs" / "dump_hidden.log").read_text()

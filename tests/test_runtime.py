@@ -13,7 +13,7 @@ from lori.config import DEFAULT_CONFIG, load_schema, parse_stage_args, validate_
 from lori.data import BOT, EOT, read_records
 from lori.distill import DistillConfig
 from lori.latent import LatentStudent
-from lori.models import build_scratch_model, build_word_tokenizer
+from lori.models import build_scratch_model, build_word_tokenizer, enable_checkpointing
 from lori.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig
 from lori.train import OptimConfig, hf_models, prepare_module
@@ -102,7 +102,7 @@ def test_hf_checkpointing_drops_the_kv_cache_of_the_latent_chain(data):
     student = tiny_student(tokenizer).train()
     batch = student_batch(tokenizer, records[:4], student.latent_steps)
     plain = student(batch).task_loss
-    student.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(student.model)
     try:
         checkpointed = student(batch).task_loss
     except RuntimeError as e:       # transformers 5.2x: the attention mask still covers the dropped cache
