@@ -31,7 +31,7 @@ def runtime_flags():
 
 
 def trainer(module):
-    """How a training stage is launched: plain Python, or torchrun with one process per GPU."""
+    """How a training stage (or dump_hidden) is launched: plain Python, or torchrun with one process per GPU."""
     if config["gpus"] > 1:
         return f"torchrun --standalone --nproc_per_node {config['gpus']} --module lori.{module}"
     return f"python -m lori.{module}"
@@ -55,7 +55,7 @@ def split_spec(split):
 
 
 def method_config(method):
-    """distill.common + distill.<method>: exactly the knobs of one student."""
+    """distill.common + distill.<method>: exactly the knobs of one student (+ runtime knobs set away from defaults)."""
     return {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
             **training_runtime(DistillConfig)}
 
