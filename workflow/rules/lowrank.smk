@@ -8,6 +8,9 @@ from lori.factorize import FactorizeConfig
 DUMP_SHARDS = config["dump_hidden"]["shards"]
 DUMP_GPUS = 0 if config["device"] == "cpu" else config["gpus"]
 DUMP_PARTS = [f"{R}/hidden/shards/calib.part{i}.zarr" for i in range(DUMP_SHARDS)]
+# unsharded, `shards` is left out of the flags (it is 1, the CLI default): the params text, and so
+# Snakemake's rerun decision, stays that of earlier versions
+DUMP_ARGS = to_flags({k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1})
 
 if DUMP_SHARDS == 1:
 
@@ -23,11 +26,13 @@ if DUMP_SHARDS == 1:
         resources:
             gpu=DUMP_GPUS,
         params:
-            args=to_flags(config["dump_hidden"]),
+            args=DUMP_ARGS,
             runtime=runtime_flags(),
-            launch=trainer("dump_hidden"),
         shell:
-            "{params.launch} --teacher {input.teacher} --records {input.records} --out {output} "
+            # the launcher is part of the command text, not a param: with gpus: 1 the command is
+            # the one earlier versions ran, so their dumps stay cached
+            trainer("dump_hidden")
+            + " --teacher {input.teacher} --records {input.records} --out {output} "
             "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
 
 else:
@@ -46,7 +51,7 @@ else:
         resources:
             gpu=DUMP_GPUS,
         params:
-            args=to_flags(config["dump_hidden"]),
+            args=DUMP_ARGS,
             runtime=runtime_flags(),
             launch=trainer("dump_hidden"),
         shell:
@@ -63,7 +68,7 @@ else:
         log:
             f"{R}/logs/dump_hidden.log",
         params:
-            args=to_flags(config["dump_hidden"]),
+            args=DUMP_ARGS,
             runtime=runtime_flags(),
             parts=lambda wc, input: ",".join(input.parts),
         shell:
