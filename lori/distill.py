@@ -45,7 +45,7 @@ from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
 from lori.models import load_checkpoint, num_params, setup_runtime
 from lori.sequences import student_batch
 from lori.trajectory import check_factors_fit
-from lori.distributed import cleanup, init_distributed
+from lori.distributed import cleanup, init_distributed, unsharded
 from lori.sweep import matched_steps
 from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
@@ -140,6 +140,14 @@ def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, obje
     return student, tokenizer
 
 
+def plain_student_like(student: LatentStudent) -> LatentStudent:
+    """A fresh, unsharded student of the same architecture (to receive FSDP-gathered weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return LatentStudent(AutoModelForCausalLM.from_config(student.model.config), student.latent_steps,
+                         student.bot_id, student.eot_id)
+
+
 def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, records, targets, factors, device):
     """The method's ``loss_step(indices) -> {loss, task, reason*, anchor}``."""
     device = torch.device(device)
@@ -219,8 +227,9 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
                ckpt=ckpt, run_id=run_id, dist_info=info)
     student.eval()
+    final = unsharded(student, info, lambda: plain_student_like(student))   # FSDP: gathered on rank 0
     if info.is_main:
-        student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(
+        final.save(out, tokenizer, {"train_config.json": json.dumps(
             {**provenance(cfg), **({"compute_match": matched} if matched else {})}, indent=2)})
         discard_checkpoint(ckpt)
     cleanup(info)

@@ -4,11 +4,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even when not installed
 
+import dataclasses
 import re
 
-from lori.config import to_flags, validate_config
+from lori.config import load_schema, to_flags, validate_config
 from lori.distill import DistillConfig
 from lori.sweep import matched_inputs, student_config, student_runs
+from lori.teacher_sft import TeacherSFTConfig
 
 validate_config(config, "config")
 
@@ -35,10 +37,18 @@ def runtime_flags(seed=None):
 
 
 def trainer(module):
-    """How a training stage is launched: plain Python, or torchrun with one process per GPU."""
+    """How a training stage (or dump_hidden) is launched: plain Python, or torchrun with one process per GPU."""
     if config["gpus"] > 1:
         return f"torchrun --standalone --nproc_per_node {config['gpus']} --module lori.{module}"
     return f"python -m lori.{module}"
+
+
+def training_runtime(cls):
+    """config.runtime knobs a training stage's config dataclass takes, only those set away from
+    their defaults: the default adds no flags, so it leaves existing training outputs cached."""
+    defaults = load_schema()["properties"]["runtime"]["properties"]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in config["runtime"].items() if k in fields and v != defaults[k]["default"]}
 
 
 def split_spec(split):
@@ -51,8 +61,9 @@ def split_spec(split):
 
 
 def method_config(student):
-    """distill.common + distill.<method> + the variant's overrides: exactly the knobs of one student."""
-    return student_config(config, student)
+    """distill.common + distill.<method> + the variant's overrides: exactly the knobs of one student
+    (+ runtime knobs set away from their defaults)."""
+    return {**student_config(config, student), **training_runtime(DistillConfig)}
 
 
 def student_seed(student):
