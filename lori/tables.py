@@ -60,7 +60,8 @@ def methods_table(summaries: list[dict], metrics: dict[str, list[dict]]) -> Tabl
         correct, total = sum(s["correct"] for s in group), sum(s["n"] for s in group)
         lo, hi = wilson_interval(correct, total)
         shuffled = [s["thought_shuffle"]["accuracy"] for s in group if "thought_shuffle" in s]
-        costs = [training_cost(metrics.get(s["method"], [])) for s in group]
+        # cot_sft is the teacher: its training metrics are teacher_metrics.jsonl
+        costs = [training_cost(metrics.get("teacher" if s["method"] == "cot_sft" else s["method"], [])) for s in group]
         costs = [c for c in costs if c]
 
         def cost_cell(key: str, scale: float = 1.0, fmt: str = "{:.0f}") -> str:

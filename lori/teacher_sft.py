@@ -20,6 +20,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from lori.data import DataError, check_training_records, read_records
@@ -28,7 +29,7 @@ from lori.models import (build_scratch_model, build_word_tokenizer, enable_check
 from lori.sequences import teacher_batch, teacher_sequence
 from lori.distributed import cleanup, init_distributed, unsharded
 from lori.precision import to_device
-from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
+from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -89,9 +90,12 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
     if too_long:
         raise DataError(f"{train}: {len(too_long)} sequences exceed max_position_embeddings={limit} (e.g. ids {too_long[:3]})")
 
+    params = num_params(model)
+
     def loss_step(idx: list[int]):
         batch = {k: to_device(v, device) for k, v in teacher_batch(tokenizer, [seqs[i] for i in idx]).items()}
-        return {"loss": model(**batch).loss}   # fit() runs this under bf16 autocast on GPU
+        flops = step_flops(params, batch["input_ids"].numel())   # training cost, for the report
+        return {"loss": model(**batch).loss, "flops": torch.tensor(flops)}   # fit() runs this under bf16 autocast on GPU
 
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,

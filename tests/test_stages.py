@@ -216,3 +216,18 @@ def test_bad_data_line_names_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and "||" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_training_metrics_carry_flops(pipeline):
+    """Teacher and students log 6 x params x positions per step; the report's cost columns use them."""
+    from lori.models import load_checkpoint, num_params
+
+    model, _ = load_checkpoint(pipeline["teacher"])
+    for key in ("tmetrics", "lori_metrics", "no_cot_metrics"):
+        rows = [json.loads(l) for l in Path(pipeline[key]).read_text().splitlines()]
+        for r in rows:
+            positions = r["flops"] / (6 * num_params(model))
+            assert positions >= 4 * 5, (key, r)       # >= batch x a short sequence (students add a projection)
+    md = (Path(pipeline["report"]) / "report.md").read_text()
+    cot_row = next(l for l in md.splitlines() if l.startswith("| cot_sft | test | 1 |"))
+    assert cot_row.split("|")[-2].strip() != "—"      # the teacher's training PFLOPs
