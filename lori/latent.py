@@ -74,19 +74,26 @@ class LatentStudent(nn.Module):
     def _feed(self, last: torch.Tensor) -> torch.Tensor:
         return last if self.projection is None else self.projection(last)
 
-    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, latent_steps: int | None = None):
+    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, thought_inputs: torch.Tensor | None = None,
+               record_inputs: list | None = None, latent_steps: int | None = None):
         """Prompt block then K thoughts on the cache (K = ``latent_steps``, default the student's).
         Returns cache, mask, next positions, logits after the last input, and the thoughts'
-        hidden states [B, K, L, d] (if layers)."""
-        k = self.latent_steps if latent_steps is None else latent_steps
-        need_hidden = k > 0 or layers is not None
+        hidden states [B, K, L, d] (if layers).
+
+        ``thought_inputs`` [B, K, d] replaces the thoughts' input embeddings (the thought-shuffle
+        test feeds one problem another problem's thoughts); ``record_inputs`` collects the
+        input embeddings actually fed, one [B, d] tensor per thought."""
+        n_thoughts = self.latent_steps if latent_steps is None else latent_steps
+        need_hidden = n_thoughts > 0 or layers is not None
         out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
                                    position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden)
         mask, pos = prompt_mask, prompt_mask.sum(1)
         logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
         thought_states = []
-        for _ in range(k):
-            embeds = self._feed(last)[:, None]                                   # [B, 1, d]
+        for k in range(n_thoughts):
+            embeds = (self._feed(last) if thought_inputs is None else thought_inputs[:, k])[:, None]  # [B, 1, d]
+            if record_inputs is not None:
+                record_inputs.append(embeds[:, 0])
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out, past = forward_cached(self.model, past, inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=pos[:, None], output_hidden_states=True)
@@ -100,7 +107,7 @@ class LatentStudent(nn.Module):
                 latent_steps: int | None = None) -> StudentOutput:
         """Training forward: CE on ``suffix[answer_start:]``, plus thought/anchor states at ``layers``
         when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages)."""
-        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, latent_steps)
+        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, latent_steps=latent_steps)
         suffix_len = batch.suffix_ids.shape[1]
         out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
                                 attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
@@ -114,12 +121,23 @@ class LatentStudent(nn.Module):
         return StudentOutput(task, thoughts, anchor)
 
     @torch.no_grad()
-    def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[Generation]:
+    def thought_inputs(self, batch: StudentBatch) -> torch.Tensor:
+        """The K input embeddings the student feeds itself on ``batch``: [B, K, d]."""
+        fed: list[torch.Tensor] = []
+        self._think(batch.prompt_ids, batch.prompt_mask, None, record_inputs=fed)
+        if not fed:
+            raise ValueError("a student without latent steps has no thoughts")
+        return torch.stack(fed, dim=1)
+
+    @torch.no_grad()
+    def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer,
+                 thought_inputs: torch.Tensor | None = None) -> list[Generation]:
         """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>.
 
+        ``thought_inputs`` [B, K, d] overrides the thoughts (see :meth:`thought_inputs`).
         Runs in the model's dtype without autocast (see :func:`lori.generate.generate_cot`)."""
         start = time.perf_counter()
-        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None)
+        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None, thought_inputs)
         head = batch.suffix_ids[:, : batch.answer_start]
         mask = torch.cat([mask, torch.ones_like(head)], dim=1)
         out, past = forward_cached(self.model, past, input_ids=head, attention_mask=mask,

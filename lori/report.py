@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from lori.io import atomic_path, open_store, read_array, read_json
 from lori.lowrank import energy_curve
+from lori.tables import ablation_table, methods_table
 
 log = logging.getLogger("lori.report")
 
@@ -32,6 +33,7 @@ log = logging.getLogger("lori.report")
 class ReportConfig:
     title: str = "LoRi report"
     run: str = ""
+    sweep: dict = field(default_factory=dict)   # the run's sweep variants (the ablation table)
 
 
 def _read_metrics(path: str) -> list[dict]:
@@ -191,6 +193,13 @@ def load_factor_summary(path: str) -> dict:
             **{n: read_array(group, n, path) for n in extra}}
 
 
+def _methods_note() -> str:
+    return ("Accuracy: mean ± standard deviation over seeds (one seed: the value); the CI pools all seeds' "
+            "problems. Shuffled thoughts: the same student answering with another problem's thoughts "
+            "(drop = reliance on its own thoughts). Training cost per seed: optimizer steps, wall seconds, "
+            "and 6 x parameters x positions FLOPs; the teacher (cot_sft) is counted under teacher training.")
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -226,7 +235,13 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
         if metrics:
             plot_training(metrics, tmp / "training.png")
             figures.append(("training.png", "Training losses (teacher and students)"))
-        sections = [("Results", md_table(header, rows), html_table(header, rows))]
+        mh, mrows = methods_table(summaries, metrics)
+        sections = [("Methods", _methods_note() + "\n\n" + md_table(mh, mrows),
+                     f"<p>{html.escape(_methods_note())}</p>" + html_table(mh, mrows)),
+                    ("Results per student", md_table(header, rows), html_table(header, rows))]
+        if cfg.sweep:
+            ah, arows = ablation_table(summaries, cfg.sweep)
+            sections.append(("Ablations", md_table(ah, arows), html_table(ah, arows)))
         if factors is not None:
             frows = [[mode, str(factors[f"rank_{mode}"]), f"{100 * factors[f'energy_{mode}']:.1f}",
                       ", ".join(f"{100 * e:.0f}" for e in energy_curve(factors[f"spectrum_{mode}"])[:8])]
@@ -265,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           ("--factors", "(optional) factors Zarr store"),
                           ("--metrics", "(optional) training metrics jsonl files, comma-separated"),
                           ("--extra", "(optional) extra json summaries to include, comma-separated")],
-                         lambda config, ns: {**config["report"], "run": config["run"]})
+                         lambda config, ns: {**config["report"], "run": config["run"], "sweep": config.get("sweep") or {}})
     split = lambda s: [p for p in (s or "").split(",") if p]  # noqa: E731
     run(cfg, split(ns.evals), ns.out, ns.factors, split(ns.metrics), split(ns.extra))
 

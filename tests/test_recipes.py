@@ -190,7 +190,7 @@ def test_codi_distillation_gradient_reaches_only_the_student_pass(tiny, student)
     records = read_records(tiny["train"])[:4]
     cfg = DistillConfig(method="codi", threads=1, device="cpu")
     terms = codi.build(cfg, model, tok, records, "cpu").loss_step([0, 1, 2, 3])
-    assert set(terms) == {"loss", "task", "distill", "teacher"}
+    assert set(terms) == {"loss", "task", "distill", "teacher", "flops"}
     assert terms["loss"].item() == pytest.approx((terms["task"] + terms["distill"] + terms["teacher"]).item(), rel=1e-5)
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(terms["distill"], params, allow_unused=True)

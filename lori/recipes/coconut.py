@@ -21,8 +21,10 @@ from __future__ import annotations
 import torch
 
 from lori.data import ANSWER_SEP, BOT, EOT, Record
+from lori.models import num_params
 from lori.recipes import Recipe
 from lori.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
+from lori.train import step_flops
 
 
 def stage_at(step: int, steps_per_stage: int, max_stage: int) -> int:
@@ -62,6 +64,7 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
     device = torch.device(device)
     c, max_stage, per_stage = cfg.thoughts_per_step, cfg.max_stage, cfg.steps_per_stage
     state = {"stage": 1}
+    params = num_params(student)
 
     def on_step(step: int) -> bool:
         state["stage"] = stage_at(step, per_stage, max_stage)
@@ -70,6 +73,8 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         batch, thoughts = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], c, max_stage, idx)
         out = student(batch.to(device), None, latent_steps=thoughts)
-        return {"loss": out.task_loss, "task": out.task_loss, "stage": torch.tensor(float(state["stage"]))}
+        positions = batch.prompt_ids.numel() + len(idx) * thoughts + batch.suffix_ids.numel()
+        return {"loss": out.task_loss, "task": out.task_loss, "stage": torch.tensor(float(state["stage"])),
+                "flops": torch.tensor(step_flops(params, positions))}
 
     return Recipe(loss_step, on_step)

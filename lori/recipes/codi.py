@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 
 from lori.losses import normalized_smooth_l1
+from lori.models import num_params
 from lori.recipes import Recipe
 from lori.sequences import student_batch, teacher_batch, teacher_sequence
+from lori.train import step_flops
 
 
 def teacher_steps(steps: list[str], include_last_step: bool) -> list[str]:
@@ -40,6 +42,7 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
     device = torch.device(device)
     layers = list(range(student.model.config.num_hidden_layers + 1))     # embeddings + every block
     teacher_seqs = [teacher_sequence(tokenizer, r, teacher_steps(r.steps, cfg.include_last_step)) for r in records]
+    params = num_params(student)
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [teacher_seqs[i] for i in idx]
@@ -48,10 +51,14 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
         anchors = torch.tensor([s.anchor for s in seqs], device=device)
         # CODI reads the teacher's states under no_grad: the distillation loss trains only the student pass
         t_states = teacher_anchor_states(t_out.hidden_states, anchors).detach()      # [B, L+1, d]
-        s_out = student(student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device), layers)
+        sb = student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device)
+        s_out = student(sb, layers)
+        # both passes count: the teacher's sequence and the student's prompt + thoughts + answer
+        positions = tb["input_ids"].numel() + sb.prompt_ids.numel() + len(idx) * cfg.latent_steps + sb.suffix_ids.numel()
         with torch.autocast(device.type, enabled=False):
             distill = normalized_smooth_l1(s_out.anchor.float(), t_states.float())
         loss = s_out.task_loss.float() + cfg.distill_weight * distill + cfg.teacher_weight * t_out.loss.float()
-        return {"loss": loss, "task": s_out.task_loss, "distill": distill, "teacher": t_out.loss}
+        return {"loss": loss, "task": s_out.task_loss, "distill": distill, "teacher": t_out.loss,
+                "flops": torch.tensor(step_flops(params, positions))}
 
     return Recipe(loss_step)

@@ -21,8 +21,10 @@ import math
 
 import torch
 
+from lori.models import num_params
 from lori.recipes import Recipe
 from lori.sequences import drop_cot_tokens, teacher_batch, teacher_sequence
+from lori.train import step_flops
 
 MAX_OFFSET = 100   # the reference code's support of the smoothing offset
 
@@ -71,6 +73,7 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
                          f"use steps >= {need}, fewer steps_per_stage, more remove_per_stage, or remove_all_beyond")
     dist = removal_distribution(cfg.removal_lambda) if cfg.removal_lambda is not None else None
     state = {"step": 0}
+    params = num_params(student)
 
     def on_step(step: int) -> bool:
         state["step"] = step
@@ -88,6 +91,7 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
         out = student.model(**batch)
         return {"loss": out.loss, "task": out.loss,
                 "cot_left": torch.tensor(sum(s.cot_len for s in cut) / len(cut)),
-                "scheduled": torch.tensor(float(min(scheduled, longest)))}
+                "scheduled": torch.tensor(float(min(scheduled, longest))),
+                "flops": torch.tensor(step_flops(params, batch["input_ids"].numel()))}
 
     return Recipe(loss_step, on_step)
