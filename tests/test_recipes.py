@@ -273,6 +273,10 @@ def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback
     summary = evaluate.run(evaluate.EvaluateConfig(method=method, max_new_tokens=4, threads=1, device="cpu"),
                            str(out), tiny["test"], str(tiny["dir"] / f"eval_{method}.jsonl"))
     assert summary["n"] == 12 and summary["latent_steps"] == k and 0 <= summary["accuracy"] <= 1
+    # the thought-shuffle test runs on every student with thoughts (Coconut's are raw hidden states)
+    assert ("thought_shuffle" in summary) == (k > 0)
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert all(r["flops"] > 0 for r in rows)          # compute matching reads every student's FLOPs
 
 
 def test_baselines_profile_plans_every_method_and_recipes_need_no_targets(tmp_path):
