@@ -140,7 +140,7 @@ def trace(student, tokenizer, record: Record, top_k: int = 5, all_layers: bool =
 def run_dir(run: str, results: str = "results") -> Path:
     """``RUN`` as a name under ``results/`` or a path to a run directory."""
     path = Path(run)
-    if path.is_dir() and (path / "data").is_dir():
+    if path.is_dir() and ((path / "data").is_dir() or (path / "eval").is_dir()):
         return path
     path = Path(results) / run
     if not path.is_dir():

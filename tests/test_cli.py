@@ -1,0 +1,42 @@
+"""The `lori` console script: one entry, every subcommand with a --help that explains itself."""
+from __future__ import annotations
+
+import pytest
+
+from lori.__main__ import COMMANDS, main
+
+# a phrase each command's --help must contain: what it does, not just its flags
+EXPLAINS = {
+    "inspect": "what is inside an artifact",
+    "thoughts": "logit lens",
+    "compare": "paired exact McNemar",
+    "report": "self-contained report.html",
+    "prepare_data": "data/<split>.jsonl",
+    "teacher_sft": "--steps",
+    "teacher_cot": "--max-new-tokens",
+    "dump_hidden": "--calibration-size",
+    "factorize": "--rank-hidden",
+    "targets": "--factors",
+    "distill": "--latent-steps",
+    "evaluate": "--max-new-tokens",
+}
+
+
+def test_every_command_is_listed():
+    assert set(EXPLAINS) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(EXPLAINS))
+def test_help_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert EXPLAINS[command] in text, text[:2000]
+
+
+def test_top_level_usage_names_the_user_commands(capsys):
+    main([])
+    text = capsys.readouterr().out
+    for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN"):
+        assert fragment in text
