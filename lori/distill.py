@@ -213,7 +213,7 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         # the method comes from the CLI; --config supplies common + that method's section
@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                           ("--out", "student checkpoint dir"), ("--targets", "(optional) targets Zarr store"),
                           ("--factors", "(optional) factors Zarr store"), ("--metrics", "(optional) metrics jsonl")],
                          section)
-    run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics)
+    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics)
+    stage_summary(f"distill {cfg.method}", cfg.steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def run(cfg: DumpHiddenConfig, teacher: str, records_path: str, out: str) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["dump_hidden"], **runtime_of(config)}
@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),
                           ("--out", "output Zarr store")], section)
-    run(cfg, ns.teacher, ns.records, ns.out)
+    info = run(cfg, ns.teacher, ns.records, ns.out)
+    stage_summary("dump_hidden", info["tokens"], "tokens", f"{info['examples']} examples")
 
 
 if __name__ == "__main__":

@@ -504,7 +504,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import stage_main, stage_summary
 
     cfg, ns = stage_main(ReportConfig, argv, __doc__,
                          [("--evals", "evaluation summary jsons, comma-separated"), ("--out", "report directory"),
@@ -517,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = lambda s: [p for p in (s or "").split(",") if p]  # noqa: E731
     run(cfg, split(ns.evals), ns.out, ns.factors, split(ns.metrics), split(ns.extra), split(ns.students),
         ns.thought_data)
+    stage_summary("report", metric=f"{len(split(ns.evals))} evaluations -> {ns.out}/report.html")
 
 
 if __name__ == "__main__":
