@@ -40,3 +40,17 @@ def test_top_level_usage_names_the_user_commands(capsys):
     text = capsys.readouterr().out
     for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN"):
         assert fragment in text
+
+
+def test_stage_summary_line(caplog):
+    import logging
+    import re
+
+    from lori.cli import stage_summary
+
+    with caplog.at_level(logging.INFO, logger="lori"):
+        line = stage_summary("distill lori", 1000, "steps", "final loss 0.41")
+        bare = stage_summary("report")
+    assert re.fullmatch(r"done distill lori: [\d.]+ s, [\d.e+]+ steps/s \(1000 steps\); final loss 0\.41", line), line
+    assert re.fullmatch(r"done report: [\d.]+ s", bare)
+    assert [r.getMessage() for r in caplog.records] == [line, bare]
