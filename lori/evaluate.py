@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
 from lori.answers import extract, is_correct

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 from lori.answers import extract, is_correct
 from lori.data import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records

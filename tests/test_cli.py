@@ -54,3 +54,19 @@ def test_stage_summary_line(caplog):
     assert re.fullmatch(r"done distill lori: [\d.]+ s, [\d.e+]+ steps/s \(1000 steps\); final loss 0\.41", line), line
     assert re.fullmatch(r"done report: [\d.]+ s", bare)
     assert [r.getMessage() for r in caplog.records] == [line, bare]
+
+
+def test_progress_bars_reach_log_files_as_lines(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from lori.progress import tqdm\n"
+            "for _ in tqdm(range(5), desc='steps', mininterval=5, disable=None): pass\n")
+    log = tmp_path / "stage.log"
+    with open(log, "w") as fh:        # like Snakemake's `> {log} 2>&1`
+        subprocess.run([sys.executable, "-c", code], stderr=fh, check=True, timeout=60)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("steps:   0%") and lines[-1].startswith("steps: 100%|") and "5/5" in lines[-1]
+    assert "\r" not in log.read_text()
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert piped.stderr == ""          # a pipe is not a log file: tqdm's own rule (no bar) applies
