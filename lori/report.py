@@ -436,8 +436,11 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
         (tmp / "report.md").write_text("\n".join(md) + "\n")
         style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}" \
                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}code{font-size:90%}"
+        # after load, <body data-figures-shown="k/n">: how many images a browser decoded (checked headless in tests)
+        script = ("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figuresShown="
+                  "i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length})</script>")
         (tmp / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}"
-                                         f"</title><style>{style}</style></head><body>{''.join(hd)}</body></html>\n")
+                                         f"</title><style>{style}</style></head><body>{''.join(hd)}{script}</body></html>\n")
     log.info("report written to %s (%d figures, %d placeholders)", out, len(figures), len(missing))
 
 

@@ -63,6 +63,24 @@ def test_report_run_is_self_contained(runs, capsys):
     assert "logit lens" in page and "teacher step" in page
 
 
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium here; test_report_run_is_self_contained checks the images")
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    import subprocess
+
+    _, a, _ = runs
+    page = a / "report" / "report.html"
+    if not page.exists():
+        lori_main(["report", str(a), "--thought-examples", "0"])
+    lone = tmp_path / "report.html"               # alone in a folder: nothing to load beside it
+    shutil.copy(page, lone)
+    dom = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", lone.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert f'data-figures-shown="{len(FIGURES)}/{len(FIGURES)}"' in dom
+
+
 def test_missing_inputs_give_placeholders_not_gaps(runs, tmp_path):
     _, a, _ = runs
     run(ReportConfig(), [str(a / "eval" / "lori" / "test.json")], str(tmp_path / "r"))
