@@ -120,3 +120,17 @@ def test_compare_two_runs(runs, capsys):
     with pytest.raises(SystemExit) as e:
         lori_main(["compare", "a", "nowhere", "--results", str(root)])
     assert e.value.code == 2 and "no such run directory" in capsys.readouterr().err
+
+
+def test_explore_example_script_draws_the_figures(runs, tmp_path, monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    _, a, _ = runs
+    script = Path(__file__).resolve().parents[1] / "examples" / "explore_artifacts.py"
+    monkeypatch.setattr("sys.argv", [str(script), str(a), "--out", str(tmp_path / "figs")])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "McNemar p" in out and "joint core 2x3" in out
+    for name in FIGURES:
+        assert (tmp_path / "figs" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
