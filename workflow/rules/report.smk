@@ -34,7 +34,8 @@ rule report:
         metrics=lambda wc, input: ",".join(input.metrics),
         extra=lambda wc, input: ",".join(input.extra),
         students=lambda wc, input: f"--students {','.join(input.students)}" if input.students else "",
+        out=f"{R}/report",
     shell:
         "python -m lori.report --evals {params.evals} --factors {input.factors} --metrics {params.metrics} "
         "--extra {params.extra} {params.students} --thought-data {input.thought_data} "
-        "--out {R}/report {params.args} > {log} 2>&1"
+        "--out {params.out} {params.args} > {log} 2>&1"
