@@ -398,7 +398,7 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
         if pairs:
             ah, ar = agreement_table(pairs)
             note = ("Paired on problem ids. McNemar p: exact two-sided test that the problems only one method "
-                    "gets right split evenly (small p: the accuracy difference is not chance).")
+                    "gets right split evenly (a small p: the accuracy difference is unlikely to be chance).")
             sections.append(("Per-problem agreement", md_table(ah, ar) + "\n\n" + note,
                              html_table(ah, ar) + f"<p>{html.escape(note)}</p>"))
         if factors is not None:
