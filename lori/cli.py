@@ -29,8 +29,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def runtime_of(config: dict) -> dict:
-    """The top-level keys every model stage takes from a full config: seed, threads, device."""
-    return {k: config[k] for k in ("seed", "threads", "device")}
+    """The keys every model stage takes from a full config: seed, threads, device and the
+    ``runtime`` section (a stage keeps those its config dataclass has)."""
+    return {**{k: config[k] for k in ("seed", "threads", "device")}, **config.get("runtime", {})}
 
 
 def stage_main(cls: type[T], argv: Sequence[str] | None, doc: str | None,

@@ -68,6 +68,8 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def _check_consistency(config: dict, source: str) -> None:
+    from lori.sweep import check_sweep
+
     problems = []
     qs = config["data"].get("quickstart", {})
     splits = [("train", config["data"]["train"]), *config["data"]["benchmarks"].items()]
@@ -79,6 +81,7 @@ def _check_consistency(config: dict, source: str) -> None:
     for m in config["methods"]:
         if m != "cot_sft" and m not in config.get("distill", {}):
             problems.append(f"methods: '{m}' has no distill.{m} section")
+    problems += check_sweep(config)
     f = config.get("factorize", {})
     if (f.get("rank_layer") is None or f.get("rank_hidden") is None) and f.get("energy") is None:
         problems.append("factorize: set rank_layer and rank_hidden, or energy for adaptive ranks")

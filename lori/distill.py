@@ -45,8 +45,9 @@ from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
 from lori.models import load_checkpoint, num_params, setup_runtime
 from lori.sequences import student_batch
 from lori.trajectory import check_factors_fit
-from lori.distributed import cleanup, init_distributed
-from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
+from lori.distributed import cleanup, init_distributed, unsharded
+from lori.sweep import matched_steps
+from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.distill")
 
@@ -139,15 +140,25 @@ def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, obje
     return student, tokenizer
 
 
+def plain_student_like(student: LatentStudent) -> LatentStudent:
+    """A fresh, unsharded student of the same architecture (to receive FSDP-gathered weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return LatentStudent(AutoModelForCausalLM.from_config(student.model.config), student.latent_steps,
+                         student.bot_id, student.eot_id)
+
+
 def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, records, targets, factors, device):
     """The method's ``loss_step(indices) -> {loss, task, reason*, anchor}``."""
     device = torch.device(device)
     layers = factors.layers if factors is not None else None
+    params = num_params(student)
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         batch = student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device)
         out = student(batch, layers if cfg.needs_targets else None)
-        terms = {"task": out.task_loss}
+        positions = batch.prompt_ids.numel() + len(idx) * cfg.latent_steps + batch.suffix_ids.numel()
+        terms = {"task": out.task_loss, "flops": torch.tensor(step_flops(params, positions))}
         loss = out.task_loss.float()
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):
@@ -172,7 +183,18 @@ def make_loss_step(cfg: DistillConfig, student: LatentStudent, tokenizer, record
 
 
 def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
-        factors_path: str | None = None, metrics: str | None = None) -> list[dict]:
+        factors_path: str | None = None, metrics: str | None = None,
+        match: tuple[str, str, str] | None = None) -> list[dict]:
+    """Train one student. ``match = (ref_metrics, base_metrics, by)`` sets ``cfg.steps`` so the
+    student gets the ref student's training compute (:func:`lori.sweep.matched_steps`)."""
+    matched = None
+    if match is not None:
+        try:
+            cfg.steps, matched = matched_steps(*match)
+        except ValueError as e:
+            raise ArtifactError(str(e)) from None
+        log.info("compute-matched to %s by %s: %d steps (%.3g vs %.3g per step)", match[0], match[2], cfg.steps,
+                 matched["ref_cost_per_step"], matched["base_cost_per_step"])
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(records_path)
@@ -205,8 +227,10 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
                ckpt=ckpt, run_id=run_id, dist_info=info)
     student.eval()
+    final = unsharded(student, info, lambda: plain_student_like(student))   # FSDP: gathered on rank 0
     if info.is_main:
-        student.cpu().save(out, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+        final.save(out, tokenizer, {"train_config.json": json.dumps(
+            {**provenance(cfg), **({"compute_match": matched} if matched else {})}, indent=2)})
         discard_checkpoint(ckpt)
     cleanup(info)
     return rows
@@ -224,10 +248,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(DistillConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir (initialisation)"), ("--records", "teacher_cot records jsonl"),
                           ("--out", "student checkpoint dir"), ("--targets", "(optional) targets Zarr store"),
-                          ("--factors", "(optional) factors Zarr store"), ("--metrics", "(optional) metrics jsonl")],
+                          ("--factors", "(optional) factors Zarr store"), ("--metrics", "(optional) metrics jsonl"),
+                          ("--match-ref", "(optional) metrics jsonl of the student whose compute to match"),
+                          ("--match-base", "(optional) metrics jsonl of this method's plain run (cost of one step)"),
+                          ("--match-by", "(optional) flops | wall (with --match-ref/--match-base)")],
                          section)
-    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics)
-    stage_summary(f"distill {cfg.method}", cfg.steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
+    if bool(ns.match_ref) != bool(ns.match_base):
+        raise ArtifactError("--match-ref and --match-base go together")
+    match = (ns.match_ref, ns.match_base, ns.match_by or "flops") if ns.match_ref else None
+    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics, match)
+    steps = rows[-1]["step"] if rows else cfg.steps     # a compute-matched student sets its own step count
+    stage_summary(f"distill {cfg.method}", steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 
 
 if __name__ == "__main__":

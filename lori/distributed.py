@@ -1,19 +1,31 @@
-"""Multi-process data parallelism (DDP) for the training and dumping stages.
+"""Multi-process data parallelism (DDP or FSDP) for the training and dumping stages.
 
 A stage launched under ``torchrun --nproc_per_node N python -m lori.<stage> ...`` (or
 ``accelerate launch``) sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its environment and joins
 one process group: NCCL on GPUs, gloo on CPUs (which is what the tests use). Every rank
 draws the same seeded global batch and trains on its slice, so a step sees the same
-examples as on one device and gradients are averaged by DDP; only rank 0 writes outputs.
-Without those variables everything here is a no-op and the stage runs as one process.
+examples as on one device; only rank 0 writes outputs. Without those variables everything
+here is a no-op and the stage runs as one process.
+
+``parallel: ddp`` keeps a full replica per rank and averages gradients in one all-reduce
+(:func:`average_gradients`). ``parallel: fsdp`` (for models whose weights, gradients and Adam
+state do not fit one device, >= ~1B parameters) shards them over the ranks with FSDP2
+(``torch.distributed.fsdp.fully_shard``: each decoder layer, then the whole module); a layer's
+weights are all-gathered for its forward and backward and its gradients reduce-scattered.
+:func:`unsharded` gathers the full weights on rank 0 for saving in the HF layout.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("lori.distributed")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -89,3 +101,67 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- FSDP
+def is_fsdp(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of every HF model inside ``module`` (their ``_no_split_modules`` classes)."""
+    names = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return [m for m in module.modules() if type(m).__name__ in names]
+
+
+def shard_fsdp(module: torch.nn.Module, info: DistInfo, per_layer: bool = True) -> torch.nn.Module:
+    """Shard ``module`` in place over the ranks (FSDP2): every decoder layer, then the rest as the root.
+
+    The module is still called as before (FSDP2 swaps its class rather than wrapping it), so the
+    recipes' ``loss_step`` closures need no change. With ``per_layer`` each decoder layer is its
+    own group, gathered for its forward and again for its backward (peak memory: one layer's
+    full weights beyond the shards). That needs one forward call per layer per step: a module
+    that calls its layers several times on a KV cache (the latent students: prompt, K thoughts,
+    answer) fails in backward when the first call's gather has been freed, so it is sharded as
+    one root group instead — all weights gathered for the step, while gradients and the AdamW
+    state (3/4 of the training memory with fp32 Adam) stay sharded between steps.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    if not info.enabled:
+        log.info("parallel: fsdp with one process is plain training (nothing to shard over)")
+        return module
+    layers = decoder_layers(module) if per_layer else []
+    if per_layer and not layers:
+        raise ValueError(f"parallel: fsdp found no decoder layers in {type(module).__name__} "
+                         "(no _no_split_modules); use parallel: ddp")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(module)
+    log.info("FSDP: %s sharded over %d ranks", f"{len(layers)} decoder layers + root" if layers else "one root group",
+             info.world_size)
+    return module
+
+
+def unsharded(module: torch.nn.Module, info: DistInfo, build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """The trained module with full, unsharded CPU weights for saving (rank 0; None on other ranks).
+
+    Not FSDP: ``module`` itself, on CPU. FSDP: every rank takes part in gathering the full state
+    dict (a collective), and rank 0 loads it into a fresh plain module from ``build()`` (so that
+    ``save_pretrained`` writes the usual HF layout, class names and tied weights included).
+    """
+    if not is_fsdp(module):
+        return module.cpu() if info.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not info.is_main:
+        return None
+    with torch.device("cpu"):
+        plain = build()
+    plain.load_state_dict(full)
+    return plain

@@ -6,6 +6,12 @@ prediction, parsed, gold, correct, generated_tokens, latent_steps, latency_s) an
 ``eval/<method>/<bench>.json`` (accuracy with a Wilson 95% CI, mean generated tokens, mean
 latency per problem).
 
+Thought-shuffle test (``thought_shuffle: true``, latent students only): every problem is
+answered a second time with another problem's thoughts in place of its own (a seeded
+derangement over the benchmark); rows get ``correct_shuffled`` and the summary a
+``thought_shuffle`` block. The accuracy drop measures how much the answers depend on the
+thoughts: a student that ignores them loses nothing.
+
 Standalone::
 
     python -m lori.evaluate --method lori --model results/quickstart/students/lori \
@@ -21,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lori.progress import tqdm   # tqdm that also writes lines into log files
+import torch
 
 import lori
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 from lori.answers import extract, is_correct
 from lori.config import config_hash
 from lori.data import iter_batches, read_records
@@ -42,6 +49,7 @@ class EvaluateConfig:
     bench: str = "test"                  # benchmark name (recorded in the summary)
     batch_size: int = 250                # problems per decoding batch
     max_new_tokens: int = 96             # decoding budget per problem (tokens)
+    thought_shuffle: bool = True         # latent students: also answer with another problem's thoughts
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -67,6 +75,33 @@ def summarize(rows: list[dict], method: str, bench: str) -> dict:
             "generated_tokens": sum(r["generated_tokens"] for r in rows) / max(1, n),
             "latent_steps": sum(r["latent_steps"] for r in rows) / max(1, n),
             "latency_s": sum(r["latency_s"] for r in rows) / max(1, n)}
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation with no fixed point (n >= 2): each problem gets another's thoughts."""
+    if n < 2:
+        raise ValueError(f"the thought-shuffle test needs at least 2 problems, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    perm = [0] * n
+    for i, j in enumerate(order):
+        perm[j] = order[(i + 1) % n]     # a cycle through a random order: never i -> i
+    return perm
+
+
+def shuffled_correct(student: LatentStudent, tokenizer, records: list, cfg: EvaluateConfig, device) -> list[bool]:
+    """Answers with thoughts taken from other problems; one ``correct`` flag per record."""
+    batches = list(iter_batches(records, cfg.batch_size))
+    inputs = torch.cat([student.thought_inputs(student_batch(tokenizer, b, student.latent_steps).to(device)).cpu()
+                        for b in tqdm(batches, desc="thought-shuffle: thoughts", mininterval=5, disable=None)])
+    swapped = inputs[derangement(len(records), cfg.seed)]
+    flags, start = [], 0
+    for batch in tqdm(batches, desc="thought-shuffle: answers", mininterval=5, disable=None):
+        given = swapped[start:start + len(batch)].to(device)
+        start += len(batch)
+        gens = student.generate(student_batch(tokenizer, batch, student.latent_steps).to(device),
+                                cfg.max_new_tokens, tokenizer, thought_inputs=given)
+        flags += [is_correct(g.text, r.answer) for r, g in zip(batch, gens)]
+    return flags
 
 
 def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path: str | None = None) -> dict:
@@ -96,6 +131,16 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
                          "latent_steps": latent, "latency_s": g.latency})
     summary = summarize(rows, cfg.method, cfg.bench)
     summary["wall_s"] = time.perf_counter() - start
+    if cfg.method != "cot_sft" and latent > 0 and cfg.thought_shuffle and len(records) >= 2:
+        flags = shuffled_correct(student, tokenizer, records, cfg, device)
+        for row, flag in zip(rows, flags):
+            row["correct_shuffled"] = flag
+        k = sum(flags)
+        lo, hi = wilson_interval(k, len(flags))
+        summary["thought_shuffle"] = {"correct": k, "accuracy": k / len(flags), "ci_low": lo, "ci_high": hi,
+                                      "drop": summary["accuracy"] - k / len(flags)}
+        log.info("thought-shuffle: %.1f%% with other problems' thoughts (drop %.1f points)",
+                 100 * k / len(flags), 100 * summary["thought_shuffle"]["drop"])
     summary.update(config_hash=config_hash(asdict(cfg)), lori_version=lori.__version__)   # provenance
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     write_json(summary_path or Path(out).with_suffix(".json"), summary)

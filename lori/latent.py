@@ -59,17 +59,24 @@ class LatentStudent(nn.Module):
         self.projection = projection
 
     # ------------------------------------------------------------------ forward
-    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None):
+    def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, thought_inputs: torch.Tensor | None = None,
+               record_inputs: list | None = None):
         """Prompt block then K thoughts on the cache. Returns cache, mask, next positions,
-        logits after the last input, and the thoughts' hidden states [B, K, L, d] (if layers)."""
+        logits after the last input, and the thoughts' hidden states [B, K, L, d] (if layers).
+
+        ``thought_inputs`` [B, K, d] replaces the thoughts' input embeddings (the thought-shuffle
+        test feeds one problem another problem's thoughts); ``record_inputs`` collects the
+        input embeddings actually fed, one [B, d] tensor per thought."""
         need_hidden = self.latent_steps > 0 or layers is not None
         out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
                                    position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden)
         mask, pos = prompt_mask, prompt_mask.sum(1)
         logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
         thought_states = []
-        for _ in range(self.latent_steps):
-            embeds = self.projection(last)[:, None]                              # [B, 1, d]
+        for k in range(self.latent_steps):
+            embeds = (self.projection(last) if thought_inputs is None else thought_inputs[:, k])[:, None]  # [B, 1, d]
+            if record_inputs is not None:
+                record_inputs.append(embeds[:, 0])
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out, past = forward_cached(self.model, past, inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=pos[:, None], output_hidden_states=True)
@@ -95,12 +102,23 @@ class LatentStudent(nn.Module):
         return StudentOutput(task, thoughts, anchor)
 
     @torch.no_grad()
-    def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer) -> list[Generation]:
+    def thought_inputs(self, batch: StudentBatch) -> torch.Tensor:
+        """The K input embeddings the student feeds itself on ``batch``: [B, K, d]."""
+        fed: list[torch.Tensor] = []
+        self._think(batch.prompt_ids, batch.prompt_mask, None, record_inputs=fed)
+        if not fed:
+            raise ValueError("a student without latent steps has no thoughts")
+        return torch.stack(fed, dim=1)
+
+    @torch.no_grad()
+    def generate(self, batch: StudentBatch, max_new_tokens: int, tokenizer,
+                 thought_inputs: torch.Tensor | None = None) -> list[Generation]:
         """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>.
 
+        ``thought_inputs`` [B, K, d] overrides the thoughts (see :meth:`thought_inputs`).
         Runs in the model's dtype without autocast (see :func:`lori.generate.generate_cot`)."""
         start = time.perf_counter()
-        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None)
+        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None, thought_inputs)
         head = batch.suffix_ids[:, : batch.answer_start]
         mask = torch.cat([mask, torch.ones_like(head)], dim=1)
         out, past = forward_cached(self.model, past, input_ids=head, attention_mask=mask,

@@ -203,5 +203,13 @@ def save_checkpoint(out: str | Path, model, tokenizer, extra_files: dict[str, st
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant), under either transformers name."""
+    if hasattr(model, "activation_checkpointing_enable"):       # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def num_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

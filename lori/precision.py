@@ -23,3 +23,14 @@ def params_device(params) -> torch.device:
     for p in params:
         return p.device
     return torch.device("cpu")
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host -> device copy of a batch tensor: pinned and asynchronous to CUDA, a no-op move on CPU.
+
+    Batches are built from in-memory token lists each step (there is no DataLoader), so this is
+    where pinned memory applies: the copy overlaps with the kernels already queued."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

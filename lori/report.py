@@ -28,7 +28,7 @@ import html
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from lori.io import atomic_path, open_store, read_array, read_json
 from lori.lowrank import energy_curve
+from lori.tables import ablation_table, methods_table
 
 log = logging.getLogger("lori.report")
 
@@ -48,6 +49,7 @@ class ReportConfig:
     title: str = "LoRi report"
     run: str = ""
     thought_examples: int = 3          # test problems whose latent thoughts are decoded in the report (0: none)
+    sweep: dict = field(default_factory=dict)   # the run's sweep variants (the ablation table)
 
 
 def _pyplot():
@@ -307,6 +309,13 @@ def load_factor_summary(path: str) -> dict:
             **{n: read_array(group, n, path) for n in extra}}
 
 
+def _methods_note() -> str:
+    return ("Accuracy: mean ± standard deviation over seeds (one seed: the value); the CI pools all seeds' "
+            "problems. Shuffled thoughts: the same student answering with another problem's thoughts "
+            "(drop = reliance on its own thoughts). Training cost per seed: optimizer steps, wall seconds, "
+            "and 6 x parameters x positions FLOPs; the teacher (cot_sft) is counted under teacher training.")
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -394,7 +403,13 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
         for name, reason in missing.items():
             plot_placeholder(tmp / f"{name}.png", name, reason)
         figures = [(f"{name}.png", captions[name]) for name in FIGURES if name not in missing]
-        sections = [("Results", md_table(header, rows), html_table(header, rows))]
+        mh, mrows = methods_table(summaries, metrics)
+        sections = [("Methods", _methods_note() + "\n\n" + md_table(mh, mrows),
+                     f"<p>{html.escape(_methods_note())}</p>" + html_table(mh, mrows)),
+                    ("Results per student", md_table(header, rows), html_table(header, rows))]
+        if cfg.sweep:
+            ah, arows = ablation_table(summaries, cfg.sweep)
+            sections.append(("Ablations", md_table(ah, arows), html_table(ah, arows)))
         if pairs:
             ah, ar = agreement_table(pairs)
             note = ("Paired on problem ids. McNemar p: exact two-sided test that the problems only one method "
@@ -516,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           ("--extra", "(optional) extra json summaries to include, comma-separated"),
                           ("--students", "(optional) student checkpoint dirs whose thoughts to decode, comma-separated"),
                           ("--thought-data", "(optional) records jsonl whose first problems' thoughts are decoded")],
-                         lambda config, ns: {**config["report"], "run": config["run"]})
+                         lambda config, ns: {**config["report"], "run": config["run"], "sweep": config.get("sweep") or {}})
     split = lambda s: [p for p in (s or "").split(",") if p]  # noqa: E731
     run(cfg, split(ns.evals), ns.out, ns.factors, split(ns.metrics), split(ns.extra), split(ns.students),
         ns.thought_data)

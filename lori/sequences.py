@@ -108,8 +108,11 @@ class StudentBatch:
     index: torch.Tensor          # [B] dataset row of each example
 
     def to(self, device) -> "StudentBatch":
-        return StudentBatch(self.prompt_ids.to(device), self.prompt_mask.to(device), self.suffix_ids.to(device),
-                            self.suffix_mask.to(device), self.answer_start, self.index)
+        from lori.precision import to_device   # pinned + non-blocking on CUDA
+
+        return StudentBatch(to_device(self.prompt_ids, device), to_device(self.prompt_mask, device),
+                            to_device(self.suffix_ids, device), to_device(self.suffix_mask, device),
+                            self.answer_start, self.index)
 
 
 def student_prompt(tokenizer, question: str, latent_steps: int) -> list[int]:

@@ -20,12 +20,16 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from lori.data import DataError, check_training_records, read_records
-from lori.models import (build_scratch_model, build_word_tokenizer, ensure_special_tokens, load_pretrained,
-                         num_params, save_checkpoint, setup_runtime)
+from lori.models import (build_scratch_model, build_word_tokenizer, enable_checkpointing, ensure_special_tokens,
+                         load_pretrained, num_params, save_checkpoint, setup_runtime)
 from lori.sequences import teacher_batch, teacher_sequence
-from lori.distributed import cleanup, init_distributed
-from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
+from lori.distributed import cleanup, init_distributed, unsharded
+from lori.precision import to_device
+from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -37,6 +41,7 @@ class TeacherSFTConfig(OptimConfig):
     tokenizer: str = "word"              # word | pretrained
     prompt: str = "plain"                # plain (question ||) | chat (the tokenizer's chat template)
     scratch: dict = field(default_factory=dict)   # LlamaConfig fields for from-scratch models
+    gradient_checkpointing: bool = False  # recompute each layer in backward: less activation memory, ~1/3 more compute
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -75,6 +80,8 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
     texts = [f"{r.question} || {r.cot} #### {r.answer}" for r in records]
     model, tokenizer = build_teacher(cfg, texts)
     model.to(device).train()
+    if cfg.gradient_checkpointing:   # one forward per step, no KV cache: safe here (not for the latent students)
+        enable_checkpointing(model)
     log.info("teacher: %.2fM parameters, vocab %d, %d training problems, device %s",
              num_params(model) / 1e6, len(tokenizer), len(records), device)
     seqs = [teacher_sequence(tokenizer, r) for r in records]
@@ -83,16 +90,20 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
     if too_long:
         raise DataError(f"{train}: {len(too_long)} sequences exceed max_position_embeddings={limit} (e.g. ids {too_long[:3]})")
 
+    params = num_params(model)
+
     def loss_step(idx: list[int]):
-        batch = {k: v.to(device) for k, v in teacher_batch(tokenizer, [seqs[i] for i in idx]).items()}
-        return {"loss": model(**batch).loss}   # fit() runs this under bf16 autocast on GPU
+        batch = {k: to_device(v, device) for k, v in teacher_batch(tokenizer, [seqs[i] for i in idx]).items()}
+        flops = step_flops(params, batch["input_ids"].numel())   # training cost, for the report
+        return {"loss": model(**batch).loss, "flops": torch.tensor(flops)}   # fit() runs this under bf16 autocast on GPU
 
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
                run_id=fingerprint(asdict(cfg), train), dist_info=info)
     model.eval()
+    final = unsharded(model, info, lambda: AutoModelForCausalLM.from_config(model.config))   # FSDP: gathered on rank 0
     if info.is_main:
-        save_checkpoint(out, model.cpu(), tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
+        save_checkpoint(out, final, tokenizer, {"train_config.json": json.dumps(provenance(cfg), indent=2)})
         discard_checkpoint(ckpt)
     cleanup(info)
     return rows

@@ -32,7 +32,7 @@ from lori.progress import tqdm   # tqdm that also writes lines into log files
 import lori
 from lori.config import config_hash
 from lori.io import atomic_path, atomic_write_text
-from lori.distributed import DistInfo, all_finite, average_gradients, barrier, rank_slice
+from lori.distributed import PARALLEL, DistInfo, all_finite, average_gradients, barrier, is_fsdp, rank_slice, shard_fsdp
 from lori.precision import autocast_context, params_device
 
 log = logging.getLogger("lori.train")
@@ -49,6 +49,9 @@ class OptimConfig:
     grad_clip: float = 1.0               # max grad norm (0 = off)
     log_every: int = 50
     checkpoint_every: int = 200          # steps between resumable checkpoints in <out>.ckpt/ (0 = off)
+    # runtime (config section `runtime:`): speed and memory, not the maths
+    compile: bool = False                # torch.compile the HF model(s) (in place; GPU: faster steps after a slow first one)
+    parallel: str = "ddp"                # ddp (replica per rank) | fsdp (weights/grads/Adam state sharded; >= ~1B params)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -72,6 +75,14 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
 
 
 # ---------------------------------------------------------------- checkpoints
+def step_flops(params: int, positions: int) -> float:
+    """Training FLOPs of one step: 6 x parameters x positions processed (forward 2, backward 4).
+
+    The usual dense estimate (Kaplan et al. 2020); attention's quadratic term is left out, which
+    is small at our sequence lengths. Positions include padding: the hardware computes them."""
+    return 6.0 * params * positions
+
+
 def checkpoint_dir(out: str | Path) -> Path:
     """Where a stage writing ``out`` keeps its resumable training checkpoint: ``<out>.ckpt``."""
     out = Path(out)
@@ -172,10 +183,43 @@ def _load_checkpoint(ckpt: Path, module: torch.nn.Module, opt, sched, run_id: st
 
 
 def _check_finite_params(module: torch.nn.Module, step: int) -> None:
-    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p   # noqa: E731 - FSDP: this rank's shard
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(local(p)).all()]
     if bad:
         raise NonFiniteLoss(f"non-finite parameters after step {step} ({', '.join(bad[:5])}"
                             f"{' ...' if len(bad) > 5 else ''}); not saved")
+
+
+# ---------------------------------------------------------------- runtime
+def hf_models(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The outermost Hugging Face models inside ``module`` (itself, or e.g. a student's ``model``)."""
+    from transformers import PreTrainedModel
+
+    found, inside = [], set()
+    for name, m in module.named_modules():
+        if isinstance(m, PreTrainedModel) and not any(name.startswith(f"{o}.") or o == "" for o in inside):
+            found.append(m)
+            inside.add(name)
+    return found
+
+
+def prepare_module(module: torch.nn.Module, cfg: OptimConfig, info: DistInfo) -> torch.nn.Module:
+    """Apply the runtime knobs in place, in the order they compose: FSDP sharding, then compile."""
+    if cfg.parallel not in PARALLEL:
+        raise ValueError(f"parallel must be {' | '.join(PARALLEL)}, got {cfg.parallel!r}")
+    if cfg.parallel == "fsdp":
+        # an HF model makes one forward per step; a wrapper (a latent student) calls its model
+        # several times on a KV cache, which per-layer FSDP groups cannot backpropagate through
+        from transformers import PreTrainedModel
+
+        shard_fsdp(module, info, per_layer=isinstance(module, PreTrainedModel))
+    if cfg.compile:
+        # the HF model, not a student's Python loop around it: the latent chain calls it K + 2 times per step
+        for m in hf_models(module) or [module]:
+            m.compile()
+        log.info("torch.compile: %s (the first steps, and new sequence lengths, compile)",
+                 ", ".join(type(m).__name__ for m in hf_models(module)) or type(module).__name__)
+    return module
 
 
 # ---------------------------------------------------------------- the loop
@@ -192,11 +236,20 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     Under ``torchrun`` (``dist_info.enabled``) every rank draws the same global batch, computes
     the loss on its slice, and gradients are averaged across ranks before the step (data
     parallelism; identical in expectation to one device). Only rank 0 writes metrics and
-    checkpoints; a non-finite loss on any rank stops every rank.
+    checkpoints; a non-finite loss on any rank stops every rank. ``cfg.parallel == "fsdp"``
+    shards ``module`` in place first (:func:`lori.distributed.shard_fsdp`; no resumable
+    checkpoints then) and ``cfg.compile`` compiles its HF model(s) in place; the caller saves
+    through :func:`lori.distributed.unsharded`.
     """
     info = dist_info or DistInfo()
     if info.enabled and cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+    prepare_module(module, cfg, info)
+    sharded = is_fsdp(module)
+    if sharded and ckpt is not None and cfg.checkpoint_every > 0:
+        log.warning("parallel: fsdp: resumable checkpoints are not written (checkpoint_every ignored); "
+                    "a killed run starts again from step 0")
+        ckpt = None
     params = [p for p in module.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
     device = params_device(params)
@@ -223,7 +276,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
                                 f"{' ...' if len(idx) > 16 else ''}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(params, info)
+        if not sharded:                      # FSDP reduce-scatters (averages) gradients in backward
+            average_gradients(params, info)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

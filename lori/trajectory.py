@@ -65,6 +65,24 @@ def check_disk_space(out: str | Path, needed: int) -> None:
                             f"on {parent}; dump fewer examples (dump_hidden.calibration_size) or layers")
 
 
+def token_chunk(tokens: int, n_layers: int, hidden: int) -> int:
+    """Tokens per stored chunk of a trajectory array (~16 MiB of float32 per chunk)."""
+    return max(1, min(tokens or 1, (16 << 20) // (n_layers * hidden * 4)))
+
+
+def create_states(group, tokens: int, n_layers: int, hidden: int):
+    """The hidden store's ``states`` float16 ``[token, layer, hidden]`` (DESIGN.md §5)."""
+    return zarr_create(group, "states", (tokens, n_layers, hidden), "float16", ["token", "layer", "hidden"],
+                       chunks=(token_chunk(tokens, n_layers, hidden), n_layers, hidden))
+
+
+def create_anchors(group, examples: int, n_layers: int, hidden: int):
+    """``anchors`` float16 ``[example, anchor, layer, hidden]`` at :data:`ANCHOR_POSITIONS`."""
+    return zarr_create(group, "anchors", (examples, 1, n_layers, hidden), "float16",
+                       ["example", "anchor", "layer", "hidden"], chunks=(max(1, min(examples, 256)), 1, n_layers, hidden),
+                       positions=ANCHOR_POSITIONS)
+
+
 def write_trajectories(out: str | Path, model, tokenizer, records: list[Record], layers: list[int],
                        batch_size: int, device, attrs: dict, factors: Factors | None = None) -> dict:
     """Stream trajectories of ``records`` into a Zarr store, atomically.
@@ -87,13 +105,10 @@ def write_trajectories(out: str | Path, model, tokenizer, records: list[Record],
                             "lori_version": lori.__version__, "examples": len(records), "tokens": int(offsets[-1])})
         zarr_put(group, "offsets", offsets, ["example_plus_one"])
         zarr_put(group, "example_id", np.array([r.id for r in records], dtype=str), ["example"])
-        anchors = zarr_create(group, "anchors", (len(records), 1, n_layers, hidden), "float16",
-                              ["example", "anchor", "layer", "hidden"], chunks=(max(1, min(len(records), 256)), 1, n_layers, hidden),
-                              positions=ANCHOR_POSITIONS)
-        tok_chunk = max(1, min(int(offsets[-1]) or 1, (16 << 20) // (n_layers * hidden * 4)))
+        anchors = create_anchors(group, len(records), n_layers, hidden)
+        tok_chunk = token_chunk(int(offsets[-1]), n_layers, hidden)
         if factors is None:
-            main = zarr_create(group, "states", (int(offsets[-1]), n_layers, hidden), "float16",
-                               ["token", "layer", "hidden"], chunks=(tok_chunk, n_layers, hidden))
+            main = create_states(group, int(offsets[-1]), n_layers, hidden)
         else:
             rl, rd = factors.ranks
             main = zarr_create(group, "core", (int(offsets[-1]), rl, rd), "float32",
@@ -113,4 +128,5 @@ def write_trajectories(out: str | Path, model, tokenizer, records: list[Record],
                 anchors_core[ex : ex + b] = factors.project(anchor_states).cpu().numpy()
             anchors[ex : ex + b] = anchor_states.cpu().numpy().astype(np.float16)
             ex += b
-    return {"examples": len(records), "tokens": int(offsets[-1]), "mean_cot_tokens": float(lengths.mean())}
+    return {"examples": len(records), "tokens": int(offsets[-1]),
+            "mean_cot_tokens": float(lengths.mean()) if len(lengths) else 0.0}

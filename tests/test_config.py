@@ -61,7 +61,8 @@ def test_minimal_config_fills_nested_defaults():
     assert cfg["distill"]["common"]["init"] == "teacher"
     assert cfg["data"]["quickstart"] == {"min_steps": 2, "max_steps": 4, "max_value": 99}
     assert cfg["dump_hidden"]["layers"] == "all"
-    assert cfg["evaluate"] == {"batch_size": 250, "max_new_tokens": 96}
+    assert cfg["evaluate"] == {"batch_size": 250, "max_new_tokens": 96, "thought_shuffle": True}
+    assert cfg["seeds"] is None and cfg["sweep"] == {}
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -85,3 +85,58 @@ def test_two_process_teacher_sft_matches_one_process(tmp_path):
     for name, w in single.items():
         assert torch.allclose(ddp[name], w, atol=6e-3, rtol=0), name
     assert any(not torch.equal(ddp[n], single[n]) for n in single)   # it really ran in 2 processes
+
+
+# ---------------------------------------------------------------- FSDP (parallel: fsdp), 2 CPU processes
+def _launch(module: str, args: list[str], nproc: int) -> None:
+    if nproc > 1:
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+        if torchrun is None:
+            pytest.skip("torchrun not found next to the interpreter")
+        cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "--module", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fsdp")
+    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "64", "--out", str(d / "train.jsonl")])
+    _teacher_sft(d, "single", 1)
+    return d
+
+
+def _assert_adam_close(single: dict, sharded: dict) -> None:
+    # as for DDP above: the ranks' token-mean losses differ from the global one only in weighting,
+    # and Adam moves a weight by at most ~lr per step (3 steps at lr 1e-3)
+    assert single.keys() == sharded.keys()
+    for name, w in single.items():
+        assert torch.allclose(sharded[name], w, atol=6e-3, rtol=0), name
+    assert any(not torch.equal(sharded[n], single[n]) for n in single)
+
+
+def test_fsdp_teacher_sft_matches_one_process_and_saves_hf_layout(trained):
+    from lori.models import load_checkpoint
+
+    args = ["--train", str(trained / "train.jsonl"), "--scratch", TINY, "--steps", "3", "--batch-size", "8",
+            "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu", "--threads", "1", "--parallel", "fsdp"]
+    _launch("lori.teacher_sft", [*args, "--out", str(trained / "fsdp")], 2)
+    single = load_file(str(trained / "single" / "model.safetensors"))
+    _assert_adam_close(single, load_file(str(trained / "fsdp" / "model.safetensors")))
+    config = json.loads((trained / "fsdp" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]          # the plain class, not FSDP's subclass
+    model, _ = load_checkpoint(trained / "fsdp")
+    assert not any(".ckpt" in p.name for p in trained.iterdir())    # no resumable checkpoints under FSDP
+
+
+def test_fsdp_latent_student_matches_one_process(trained):
+    # a latent student (K=2 thoughts on the KV cache) with the task loss only: no targets needed
+    args = ["--method", "lori", "--alpha", "0", "--gamma", "0", "--latent-steps", "2", "--teacher",
+            str(trained / "single"), "--records", str(trained / "train.jsonl"), "--steps", "3", "--batch-size", "8",
+            "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu", "--threads", "1"]
+    _launch("lori.distill", [*args, "--out", str(trained / "s1")], 1)
+    _launch("lori.distill", [*args, "--out", str(trained / "sf"), "--parallel", "fsdp"], 2)
+    for name in ("model.safetensors", "projection.safetensors"):
+        _assert_adam_close(load_file(str(trained / "s1" / name)), load_file(str(trained / "sf" / name)))

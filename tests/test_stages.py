@@ -26,6 +26,7 @@ def pipeline(tmp_path_factory):
         "cot": "teacher_cot/train.jsonl", "cot_summary": "teacher_cot/summary.json", "hidden": "hidden/calib.zarr",
         "factors": "lowrank/factors.zarr", "targets": "targets/train.zarr", "lori": "students/lori",
         "lori_metrics": "students/lori_metrics.jsonl", "no_cot": "students/no_cot",
+        "no_cot_metrics": "students/no_cot_metrics.jsonl",
         "eval_lori": "eval/lori/test.jsonl", "eval_cot": "eval/cot_sft/test.jsonl", "report": "report"}.items()}
     prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "48", "--out", p["train"]])
     prepare_data.main(["--split", "test", "--kind", "quickstart", "--n", "12", "--out", p["test"], "--exclude", p["train"]])
@@ -43,7 +44,7 @@ def pipeline(tmp_path_factory):
                   "--factors", p["factors"], "--out", p["lori"], "--metrics", p["lori_metrics"], "--steps", "2",
                   "--batch-size", "4", "--latent-steps", "3", "--log-every", "1", *RUNTIME])
     distill.main(["--method", "no_cot", "--teacher", p["teacher"], "--records", p["cot"], "--out", p["no_cot"],
-                  "--steps", "2", "--batch-size", "4", *RUNTIME])
+                  "--metrics", p["no_cot_metrics"], "--steps", "2", "--batch-size", "4", "--log-every", "1", *RUNTIME])
     evaluate.main(["--method", "lori", "--model", p["lori"], "--data", p["test"], "--out", p["eval_lori"],
                    "--max-new-tokens", "6", *RUNTIME])
     evaluate.main(["--method", "cot_sft", "--model", p["teacher"], "--data", p["test"], "--out", p["eval_cot"],
@@ -132,6 +133,56 @@ def test_evaluation_outputs(pipeline):
     assert summary["latent_steps"] == 3
     assert 0 <= summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"] <= 1
     assert all(1 <= r["generated_tokens"] <= 6 for r in rows)
+    # the thought-shuffle test ran beside it, with consistent counts
+    shuffle = summary["thought_shuffle"]
+    assert shuffle["correct"] == sum(r["correct_shuffled"] for r in rows)
+    assert shuffle["drop"] == pytest.approx(summary["accuracy"] - shuffle["correct"] / 12)
+
+
+def test_own_thoughts_given_back_reproduce_generation(pipeline):
+    """Feeding a student its own thoughts changes nothing; another problem's thoughts change the states."""
+    from lori.sequences import student_batch
+
+    student, tokenizer = LatentStudent.load(pipeline["lori"])
+    records = read_records(pipeline["test"])[:4]
+    batch = student_batch(tokenizer, records, student.latent_steps)
+    own = student.thought_inputs(batch)
+    assert own.shape == (4, 3, 32)
+    with torch.no_grad():
+        logits = student._think(batch.prompt_ids, batch.prompt_mask, None)[3]
+        same = student._think(batch.prompt_ids, batch.prompt_mask, None, own)[3]
+        swapped = student._think(batch.prompt_ids, batch.prompt_mask, None, own[[1, 2, 3, 0]])[3]
+    torch.testing.assert_close(same, logits)
+    assert not torch.allclose(swapped, logits)
+    assert [g.text for g in student.generate(batch, 6, tokenizer)] == \
+           [g.text for g in student.generate(batch, 6, tokenizer, thought_inputs=own)]
+
+
+def test_derangement_has_no_fixed_point():
+    for n in (2, 3, 10, 257):
+        perm = evaluate.derangement(n, seed=n)
+        assert sorted(perm) == list(range(n)) and all(p != i for i, p in enumerate(perm))
+    assert evaluate.derangement(50, 1) == evaluate.derangement(50, 1) != evaluate.derangement(50, 2)
+    with pytest.raises(ValueError):
+        evaluate.derangement(1, 0)
+
+
+def test_compute_matched_student_gets_the_reference_compute(pipeline, tmp_path):
+    """no_cot matched to lori by FLOPs trains ref_steps * flops(lori step) / flops(no_cot step) steps."""
+    from lori.sweep import cost_per_step
+
+    out, metrics = tmp_path / "matched", tmp_path / "matched_metrics.jsonl"
+    distill.main(["--method", "no_cot", "--teacher", pipeline["teacher"], "--records", pipeline["cot"], "--out", str(out),
+                  "--metrics", str(metrics), "--batch-size", "4", "--log-every", "1",
+                  "--match-ref", pipeline["lori_metrics"], "--match-base", pipeline["no_cot_metrics"], *RUNTIME])
+    _, lori_flops = cost_per_step(pipeline["lori_metrics"], "flops")
+    _, base_flops = cost_per_step(pipeline["no_cot_metrics"], "flops")
+    assert lori_flops > base_flops          # K=3 thoughts and a projection: more compute per step
+    expected = round(2 * lori_flops / base_flops)
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert rows[-1]["step"] == expected
+    match = json.loads((out / "train_config.json").read_text())["compute_match"]
+    assert match["steps"] == expected and match["by"] == "flops" and match["ref_steps"] == 2
 
 
 def test_report_files(pipeline):
@@ -140,6 +191,7 @@ def test_report_files(pipeline):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "| lori | test |" in md and "| cot_sft | test |" in md and "Low-rank structure" in md
+    assert "## Methods" in md and "| lori | test | 1 |" in md
 
 
 def test_distill_refuses_targets_from_other_factors(pipeline, tmp_path):
@@ -164,3 +216,18 @@ def test_bad_data_line_names_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and "||" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_training_metrics_carry_flops(pipeline):
+    """Teacher and students log 6 x params x positions per step; the report's cost columns use them."""
+    from lori.models import load_checkpoint, num_params
+
+    model, _ = load_checkpoint(pipeline["teacher"])
+    for key in ("tmetrics", "lori_metrics", "no_cot_metrics"):
+        rows = [json.loads(l) for l in Path(pipeline[key]).read_text().splitlines()]
+        for r in rows:
+            positions = r["flops"] / (6 * num_params(model))
+            assert positions >= 4 * 5, (key, r)       # >= batch x a short sequence (students add a projection)
+    md = (Path(pipeline["report"]) / "report.md").read_text()
+    cot_row = next(l for l in md.splitlines() if l.startswith("| cot_sft | test | 1 |"))
+    assert cot_row.split("|")[-2].strip() != "—"      # the teacher's training PFLOPs

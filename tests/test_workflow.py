@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+
 import re
 import subprocess
 import sys
@@ -57,6 +58,12 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def cfg_steps(run: Path, student: str) -> int:
+    """Optimizer steps a student actually ran (its last metrics row)."""
+    rows = (run / "students" / f"{student}_metrics.jsonl").read_text().splitlines()
+    return json.loads(rows[-1])["step"]
+
+
 @pytest.mark.integration
 def test_micro_dag_runs_and_caches(tmp_path):
     res = snakemake(tmp_path, configfile=MICRO)
@@ -80,6 +87,12 @@ def test_micro_dag_runs_and_caches(tmp_path):
     assert ">lori</tt> on <tt" in results["results/micro/eval/lori/test.json"]["caption"]
     assert results["results/micro/report/agreement.png"]["mime_type"] == "image/png"
 
+    # the compute-matched No-CoT got more steps than LoRi's 3 (its steps are cheaper), and says so
+    match = json.loads((run / "students" / "no_cot_matched" / "train_config.json").read_text())["compute_match"]
+    assert match["ref_steps"] == 3 and match["steps"] > 3 and match["steps"] == cfg_steps(run, "no_cot_matched")
+    assert "thought_shuffle" in json.loads((run / "eval" / "lori" / "test.json").read_text())
+    assert "| no_cot_matched | test |" in (run / "report" / "report.md").read_text()
+
     # a second run has nothing to do
     assert planned_jobs(snakemake(tmp_path, "-n", configfile=MICRO)) == {}
 
@@ -88,11 +101,12 @@ def test_micro_dag_runs_and_caches(tmp_path):
     cfg["distill"]["lori"]["alpha"] = 0.5
     changed = tmp_path / "alpha.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    assert planned_jobs(snakemake(tmp_path, "-n", configfile=changed)) == {"distill": 1, "evaluate": 1, "report": 1, "all": 1}
+    # (the compute-matched student follows LoRi: its step budget comes from LoRi's metrics)
+    assert planned_jobs(snakemake(tmp_path, "-n", configfile=changed)) == {"distill": 2, "evaluate": 2, "report": 1, "all": 1}
 
     # the factorization rank: factorize and everything downstream of it, never the teacher or the dump
     cfg["distill"]["lori"].pop("alpha")
     cfg["factorize"]["rank_hidden"] = 3
     changed.write_text(yaml.safe_dump(cfg))
     assert planned_jobs(snakemake(tmp_path, "-n", configfile=changed)) == {
-        "factorize": 1, "targets": 1, "distill": 1, "evaluate": 1, "report": 1, "all": 1}
+        "factorize": 1, "targets": 1, "distill": 2, "evaluate": 2, "report": 1, "all": 1}

@@ -25,9 +25,9 @@ def test_slurm_profile_requests_gpus_for_model_stages():
 
     cfg = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
     assert cfg["executor"] == "slurm"
-    for rule in ("teacher_sft", "teacher_cot", "dump_hidden", "targets", "distill", "evaluate"):
+    for rule in ("teacher_sft", "teacher_cot", "dump_hidden", "dump_hidden_partial", "targets", "distill", "evaluate"):
         assert cfg["set-resources"][rule]["gpu"] == 1, rule
-    assert "gpu" not in cfg["set-resources"]["factorize"]
+    assert "gpu" not in cfg["set-resources"]["factorize"] and "gpu" not in cfg["set-resources"]["dump_hidden_gather"]
 
 
 def test_gpus_above_one_launch_training_under_torchrun(tmp_path):
@@ -42,4 +42,5 @@ def test_gpus_above_one_launch_training_under_torchrun(tmp_path):
     out = res.stdout + res.stderr
     assert "torchrun --standalone --nproc_per_node 2 --module lori.teacher_sft" in out
     assert "torchrun --standalone --nproc_per_node 2 --module lori.distill" in out
-    assert "python -m lori.dump_hidden" in out          # forward-only stages stay single-process
+    assert "torchrun --standalone --nproc_per_node 2 --module lori.dump_hidden" in out
+    assert "python -m lori.teacher_cot" in out          # generation and evaluation stay single-process

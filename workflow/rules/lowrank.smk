@@ -2,23 +2,78 @@ from lori.factor_passes import plan as factorize_plan
 from lori.factorize import FactorizeConfig
 
 
-rule dump_hidden:
-    input:
-        teacher=f"{R}/teacher",
-        records=f"{R}/teacher_cot/train.jsonl",
-    output:
-        directory(f"{R}/hidden/calib.zarr"),
-    log:
-        f"{R}/logs/dump_hidden.log",
-    threads: config["threads"]
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    params:
-        args=to_flags(config["dump_hidden"]),
-        runtime=runtime_flags(),
-    shell:
-        "python -m lori.dump_hidden --teacher {input.teacher} --records {input.records} --out {output} "
-        "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+# dump_hidden: one job (shards: 1), or a scatter over N shards of whole batches (each its own
+# Zarr store, temporary) and a gather that checks and concatenates them into the same store.
+# With gpus > 1 each job runs under torchrun, its ranks splitting its batches (lori.dump_hidden).
+DUMP_SHARDS = config["dump_hidden"]["shards"]
+DUMP_GPUS = 0 if config["device"] == "cpu" else config["gpus"]
+DUMP_PARTS = [f"{R}/hidden/shards/calib.part{i}.zarr" for i in range(DUMP_SHARDS)]
+# unsharded, `shards` is left out of the flags (it is 1, the CLI default): the params text, and so
+# Snakemake's rerun decision, stays that of earlier versions
+DUMP_ARGS = to_flags({k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1})
+
+if DUMP_SHARDS == 1:
+
+    rule dump_hidden:
+        input:
+            teacher=f"{R}/teacher",
+            records=f"{R}/teacher_cot/train.jsonl",
+        output:
+            directory(f"{R}/hidden/calib.zarr"),
+        log:
+            f"{R}/logs/dump_hidden.log",
+        threads: config["threads"]
+        resources:
+            gpu=DUMP_GPUS,
+        params:
+            args=DUMP_ARGS,
+            runtime=runtime_flags(),
+        shell:
+            # the launcher is part of the command text, not a param: with gpus: 1 the command is
+            # the one earlier versions ran, so their dumps stay cached
+            trainer("dump_hidden")
+            + " --teacher {input.teacher} --records {input.records} --out {output} "
+            "{params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+
+else:
+
+    rule dump_hidden_partial:
+        input:
+            teacher=f"{R}/teacher",
+            records=f"{R}/teacher_cot/train.jsonl",
+        output:
+            temp(directory(f"{R}/hidden/shards/calib.part{{shard}}.zarr")),
+        log:
+            f"{R}/logs/dump_hidden/part{{shard}}.log",
+        wildcard_constraints:
+            shard=r"\d+",
+        threads: config["threads"]
+        resources:
+            gpu=DUMP_GPUS,
+        params:
+            args=DUMP_ARGS,
+            runtime=runtime_flags(),
+            launch=trainer("dump_hidden"),
+        shell:
+            "{params.launch} partial --teacher {input.teacher} --records {input.records} --shard {wildcards.shard} "
+            "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+
+    rule dump_hidden_gather:
+        input:
+            teacher=f"{R}/teacher",
+            records=f"{R}/teacher_cot/train.jsonl",
+            parts=DUMP_PARTS,
+        output:
+            directory(f"{R}/hidden/calib.zarr"),
+        log:
+            f"{R}/logs/dump_hidden.log",
+        params:
+            args=DUMP_ARGS,
+            runtime=runtime_flags(),
+            parts=lambda wc, input: ",".join(input.parts),
+        shell:
+            "python -m lori.dump_hidden gather --teacher {input.teacher} --records {input.records} "
+            "--parts {params.parts} --out {output} {params.args} {params.runtime} > {log} 2>&1"
 
 
 # factorize: one job (shards: 1), or for large dumps a scatter/gather per streamed pass of the

@@ -10,7 +10,7 @@ def figure(name, category):
 
 rule report:
     input:
-        evals=expand(f"{R}/eval/{{method}}/{{bench}}.json", method=METHODS, bench=BENCHES),
+        evals=expand(f"{R}/eval/{{method}}/{{bench}}.json", method=EVALUATED, bench=BENCHES),
         factors=f"{R}/lowrank/factors.zarr",
         metrics=[f"{R}/teacher_metrics.jsonl", *expand(f"{R}/students/{{method}}_metrics.jsonl", method=STUDENTS)],
         extra=[f"{R}/teacher_cot/summary.json"],
@@ -29,7 +29,7 @@ rule report:
     log:
         f"{R}/logs/report.log",
     params:
-        args=to_flags({**config["report"], "run": config["run"]}),
+        args=to_flags({**config["report"], "run": config["run"], "sweep": config["sweep"]}),
         evals=lambda wc, input: ",".join(input.evals),
         metrics=lambda wc, input: ",".join(input.metrics),
         extra=lambda wc, input: ",".join(input.extra),

@@ -2,7 +2,18 @@ def distill_inputs(wc):
     inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
     if needs_targets(wc.method):
         inputs.update(targets=f"{R}/targets/train.zarr", factors=f"{R}/lowrank/factors.zarr")
+    match = matched(wc.method)
+    if match:
+        inputs.update(match_ref=f"{R}/students/{match['ref']}_metrics.jsonl",
+                      match_base=f"{R}/students/{match['base']}_metrics.jsonl")
     return inputs
+
+
+def match_flags(wc, input):
+    match = matched(wc.method)
+    if not match:
+        return ""
+    return f"--match-ref {input.match_ref} --match-base {input.match_base} --match-by {match['by']}"
 
 
 rule distill:
@@ -22,10 +33,11 @@ rule distill:
         lowrank=lambda wc, input: (
             f"--targets {input.targets} --factors {input.factors}" if "targets" in input.keys() else ""
         ),
-        runtime=runtime_flags(),
+        match=match_flags,
+        runtime=lambda wc: runtime_flags(student_seed(wc.method)),
         launch=trainer("distill"),
     shell:
-        "{params.launch} --teacher {input.teacher} --records {input.records} {params.lowrank} "
+        "{params.launch} --teacher {input.teacher} --records {input.records} {params.lowrank} {params.match} "
         "--out {output.model} --metrics {output.metrics} {params.args} {params.runtime} --threads {threads} "
         "> {log} 2>&1"
 

@@ -12,7 +12,7 @@ rule teacher_sft:
     resources:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
-        args=to_flags({**config["model"], **config["teacher_sft"]}),
+        args=to_flags({**config["model"], **config["teacher_sft"], **training_runtime(TeacherSFTConfig)}),
         # a pretrained model starts from its converted checkpoint (rule base_model), not the hub / GGUF
         base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),

@@ -1,0 +1,143 @@
+"""Students of a run: methods x sweep variants x seeds, and compute-matched training budgets.
+
+One place decides what a run trains, so the Snakefile, the stages and the report agree:
+
+- every student method in ``methods`` (all but ``cot_sft``, the teacher) is a *variant* of itself;
+- ``sweep:`` adds named variants, each a method plus knob overrides
+  (``lori_no_cov: {method: lori, w_cov: 0}``) — the ablations;
+- ``seeds:`` trains every variant once per seed. The first seed's student is
+  ``students/<variant>``, the others ``students/<variant>-seed<k>`` (so a one-seed run keeps
+  the plain names);
+- a variant with ``match_compute: {to: lori, by: flops}`` trains for as many steps as give it
+  the compute of the ``to`` student: ``steps = to_steps * to_cost / base_cost``, the per-step
+  costs read from the metrics of ``to`` and of the variant's own method trained plainly
+  (``flops``: 6 x parameters x positions processed, deterministic; ``wall``: measured seconds
+  per step, machine- and load-dependent).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
+VARIANT_ONLY = ("method", "match_compute")      # variant keys that are not distill knobs
+
+
+def seeds_of(config: dict) -> list[int]:
+    """Student seeds; the first is the plain-named one. Defaults to the run's ``seed``."""
+    return list(config.get("seeds") or [config["seed"]])
+
+
+def variants(config: dict) -> dict[str, dict]:
+    """name -> variant spec ({"method": ..., knob overrides, optional match_compute})."""
+    out = {m: {"method": m} for m in config["methods"] if m != "cot_sft"}
+    out.update({name: dict(spec) for name, spec in (config.get("sweep") or {}).items()})
+    return out
+
+
+def student_name(variant: str, seed: int, seeds: list[int]) -> str:
+    return variant if seed == seeds[0] else f"{variant}-seed{seed}"
+
+
+def split_student(name: str) -> tuple[str, int | None]:
+    """``lori-seed2`` -> (``lori``, 2); ``lori`` -> (``lori``, None: the run's first seed)."""
+    m = SEED_SUFFIX.match(name)
+    return (m["variant"], int(m["seed"])) if m else (name, None)
+
+
+def student_runs(config: dict) -> dict[str, tuple[str, int]]:
+    """Every student the run trains: name -> (variant, seed), variants in config order."""
+    seeds = seeds_of(config)
+    return {student_name(v, s, seeds): (v, s) for v in variants(config) for s in seeds}
+
+
+def student_config(config: dict, name: str) -> dict:
+    """distill.common + distill.<method> + the variant's overrides: exactly one student's knobs."""
+    variant, _ = student_runs(config)[name]
+    spec = variants(config)[variant]
+    method = spec["method"]
+    overrides = {k: v for k, v in spec.items() if k not in VARIANT_ONLY}
+    return {**config["distill"]["common"], **config["distill"].get(method, {}), **overrides, "method": method}
+
+
+def matched_inputs(config: dict, name: str) -> dict[str, str] | None:
+    """For a compute-matched student: the student names whose metrics set its budget."""
+    variant, seed = student_runs(config)[name]
+    spec = variants(config)[variant]
+    match = spec.get("match_compute")
+    if not match:
+        return None
+    seeds = seeds_of(config)
+    return {"ref": student_name(match["to"], seed, seeds), "base": student_name(spec["method"], seed, seeds),
+            "by": match.get("by", "flops")}
+
+
+def check_sweep(config: dict) -> list[str]:
+    """Consistency problems of ``sweep`` / ``seeds`` (reported with the other config checks)."""
+    problems = []
+    methods = [m for m in config["methods"] if m != "cot_sft"]
+    seeds = seeds_of(config)
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds: repeated seed in {seeds}")
+    all_variants = variants(config)
+    for name, spec in (config.get("sweep") or {}).items():
+        if name in config["methods"] or name == "cot_sft":
+            problems.append(f"sweep.{name}: the name is already a method; pick another")
+        if SEED_SUFFIX.match(name):
+            problems.append(f"sweep.{name}: names ending in -seed<k> are reserved for seeds")
+        match = spec.get("match_compute")
+        if match:
+            if match["to"] not in all_variants or match["to"] == name:
+                problems.append(f"sweep.{name}.match_compute.to: '{match['to']}' is not another student of this run "
+                                f"({', '.join(v for v in all_variants if v != name)})")
+            if spec["method"] not in methods:
+                problems.append(f"sweep.{name}: match_compute needs '{spec['method']}' itself in methods "
+                                "(its plain run measures the cost of one step)")
+            extra = sorted(set(spec) - {"method", "match_compute"})
+            if extra:
+                problems.append(f"sweep.{name}: a compute-matched variant takes only method and match_compute "
+                                f"(got {', '.join(extra)}): its per-step cost comes from the plain '{spec['method']}'")
+    return problems
+
+
+def _metrics(path: str | Path) -> list[dict]:
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read training metrics ({type(e).__name__}: {e})") from None
+    if not rows:
+        raise ValueError(f"{path}: no training metrics rows")
+    return rows
+
+
+def cost_per_step(path: str | Path, by: str) -> tuple[int, float]:
+    """(steps, cost of one step) from a metrics jsonl: mean FLOPs or seconds per step."""
+    rows = _metrics(path)
+    steps = int(rows[-1]["step"])
+    if by == "wall":
+        cost = float(rows[-1]["sec_per_step"])
+    elif by == "flops":
+        if any("flops" not in r for r in rows):
+            raise ValueError(f"{path}: rows without 'flops'; retrain it with this version of lori")
+        # rows average over their log window; weight each by the steps it covers
+        prev, total = 0, 0.0
+        for r in rows:
+            total += r["flops"] * (r["step"] - prev)
+            prev = r["step"]
+        cost = total / steps
+    else:
+        raise ValueError(f"match_compute.by must be flops | wall, got {by!r}")
+    if not (cost > 0 and math.isfinite(cost)):
+        raise ValueError(f"{path}: per-step {by} cost is {cost}")
+    return steps, cost
+
+
+def matched_steps(ref_metrics: str | Path, base_metrics: str | Path, by: str) -> tuple[int, dict]:
+    """Steps that give a student of the base method the ref student's total compute."""
+    ref_steps, ref_cost = cost_per_step(ref_metrics, by)
+    _, base_cost = cost_per_step(base_metrics, by)
+    steps = max(1, round(ref_steps * ref_cost / base_cost))
+    return steps, {"by": by, "ref_steps": ref_steps, "ref_cost_per_step": ref_cost,
+                   "base_cost_per_step": base_cost, "steps": steps}
