@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from lori.answers import extract, is_correct
+from lori.answers import is_correct
 from lori.data import Record, read_records, split_steps
 from lori.io import ArtifactError
 
