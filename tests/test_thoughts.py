@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from lori.__main__ import main as lori_main
 from lori.data import read_records
