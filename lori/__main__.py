@@ -1,7 +1,14 @@
-"""``lori <command> [args]``: the console entry point.
+"""``lori <command> [args]``: the console entry point (``lori <command> --help`` explains each).
 
-``lori inspect PATH`` looks inside an artifact; ``lori <stage> ...`` runs a pipeline stage
-exactly like ``python -m lori.<stage> ...``.
+Looking at results:
+  inspect PATH              what is inside any artifact (Zarr store, checkpoint, json/jsonl)
+  report RUN                rebuild results/RUN/report/ (tables, figures, thoughts; one self-contained HTML)
+  compare RUN_A RUN_B       accuracy / tokens / latency differences between two runs, per method and benchmark
+  thoughts --run RUN --method lori --example ID
+                            decode a latent student's thoughts to tokens, beside the teacher's CoT
+
+Pipeline stages (the same as ``python -m lori.<stage> ...``; Snakemake runs these for you):
+  prepare_data, teacher_sft, teacher_cot, dump_hidden, factorize, targets, distill, evaluate, report
 """
 from __future__ import annotations
 
@@ -9,11 +16,14 @@ import importlib
 import sys
 from typing import Sequence
 
-# command -> module with a `main(argv)`; imported only when chosen (stages pull in torch)
+# command -> "module" with a `main(argv)`, or "module:function"; imported only when chosen (stages pull in torch)
 COMMANDS = {
     "inspect": "lori.inspect",
+    "thoughts": "lori.thoughts",
+    "compare": "lori.compare",
     **{stage: f"lori.{stage}" for stage in ("prepare_data", "teacher_sft", "teacher_cot", "dump_hidden", "factorize",
-                                             "targets", "distill", "evaluate", "report")},
+                                             "targets", "distill", "evaluate")},
+    "report": "lori.report:cli",         # `lori report RUN`; with flags only, the stage CLI
 }
 USAGE = "usage: lori {" + ",".join(COMMANDS) + "} [args]\n\n" + __doc__.strip()
 
@@ -26,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[0] not in COMMANDS:
         print(f"lori: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
-    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]].partition(":")
+    getattr(importlib.import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

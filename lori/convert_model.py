@@ -45,13 +45,14 @@ def run(cfg: ConvertModelConfig, out: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import stage_main, stage_summary
 
     def section(config, ns):
         return {"src": config["model"]["name_or_path"] or "", "gguf_file": config["model"]["gguf_file"]}
 
     cfg, ns = stage_main(ConvertModelConfig, argv, __doc__, [("--out", "output checkpoint directory")], section)
-    run(cfg, ns.out)
+    info = run(cfg, ns.out)
+    stage_summary("base_model", metric=f"{info['architecture']} from {cfg.src} -> {ns.out}")
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         # the method comes from the CLI; --config supplies common + that method's section
@@ -325,7 +325,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if bool(ns.match_ref) != bool(ns.match_base):
         raise ArtifactError("--match-ref and --match-base go together")
     match = (ns.match_ref, ns.match_base, ns.match_by or "flops") if ns.match_ref else None
-    run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics, match)
+    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics, match)
+    steps = rows[-1]["step"] if rows else cfg.steps     # a compute-matched student sets its own step count
+    stage_summary(f"distill {cfg.method}", steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 
 
 if __name__ == "__main__":

@@ -272,7 +272,7 @@ PATHS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["dump_hidden"], **runtime_of(config)}
@@ -281,13 +281,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = argv.pop(0) if argv and argv[0] in ("partial", "gather") else "run"
     cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__, PATHS[command], section)
     if command == "run":
-        run(cfg, ns.teacher, ns.records, ns.out)
+        info = run(cfg, ns.teacher, ns.records, ns.out)
+        stage_summary("dump_hidden", info["tokens"], "tokens", f"{info['examples']} examples")
     elif command == "partial":
         if not ns.shard.isdigit():
             raise ConfigError(f"dump_hidden partial: --shard must be an integer, got {ns.shard!r}")
         run_partial(cfg, ns.teacher, ns.records, int(ns.shard), ns.out)
+        stage_summary(f"dump_hidden partial {ns.shard}")
     else:
         run_gather(cfg, ns.teacher, ns.records, [p for p in ns.parts.split(",") if p], ns.out)
+        stage_summary("dump_hidden gather")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 import lori
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 from lori.answers import extract, is_correct
 from lori.config import config_hash
 from lori.data import iter_batches, read_records
@@ -151,7 +151,7 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["evaluate"], **runtime_of(config)}
@@ -160,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                          [("--model", "teacher (cot_sft) or student checkpoint dir"), ("--data", "benchmark records jsonl"),
                           ("--out", "per-problem jsonl"), ("--summary", "(optional) summary json (default: OUT with .json)")],
                          section)
-    run(cfg, ns.model, ns.data, ns.out, ns.summary)
+    s = run(cfg, ns.model, ns.data, ns.out, ns.summary)
+    stage_summary(f"evaluate {cfg.method}/{cfg.bench}", s["n"], "problems",
+                  f"accuracy {100 * s['accuracy']:.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]")
 
 
 if __name__ == "__main__":

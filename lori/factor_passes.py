@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Union
 
 import numpy as np
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 from lori.config import ConfigError
 from lori.io import ArtifactError, atomic_path, open_store, read_array

@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -232,7 +233,7 @@ def adaptive_ranks(cfg: FactorizeConfig, ns) -> FactorizeConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import stage_main, stage_summary
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("partial", "gather") else "run"
@@ -246,6 +247,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_partial(cfg, ns.hidden, ns.step, int(ns.shard), ns.state, ns.out)
     else:
         run_gather(cfg, ns.hidden, ns.step, [p for p in ns.parts.split(",") if p], ns.state, ns.out)
+    if Path(ns.out).is_dir():      # the factors store (run, or the last gather): say what it captured
+        attrs = open_store(ns.out).attrs
+        stage_summary("factorize", attrs.get("tokens"), "tokens",
+                      f"ranks {attrs.get('rank_layer')}x{attrs.get('rank_hidden')} keep "
+                      f"{100 * attrs.get('energy_joint', float('nan')):.1f}% of the energy")
+    else:
+        stage_summary(f"factorize {command} {ns.step}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def run(cfg: PrepareDataConfig, out: str, exclude: Sequence[str] = ()) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main
+    from lori.cli import stage_main, stage_summary
 
     def section(config, ns):
         return {"global_seed": config["seed"], **config["data"]["quickstart"]}
@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(PrepareDataConfig, argv, __doc__,
                          [("--out", "output jsonl"), ("--exclude", "(optional) jsonl(s) whose questions are excluded, comma-separated")],
                          section)
-    run(cfg, ns.out, [p for p in (ns.exclude or "").split(",") if p])
+    n = run(cfg, ns.out, [p for p in (ns.exclude or "").split(",") if p])
+    stage_summary(f"prepare_data {cfg.split}", n, "problems", f"{n} problems -> {ns.out}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["targets"], **runtime_of(config)}
@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(TargetsConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),
                           ("--factors", "factors Zarr store"), ("--out", "output targets Zarr store")], section)
-    run(cfg, ns.teacher, ns.records, ns.factors, ns.out)
+    info = run(cfg, ns.teacher, ns.records, ns.factors, ns.out)
+    stage_summary("targets", info["tokens"], "tokens", f"{info['examples']} examples")
 
 
 if __name__ == "__main__":

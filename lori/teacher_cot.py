@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 from lori.answers import extract, is_correct
 from lori.data import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records
@@ -124,7 +124,7 @@ def decode_all(model, tokenizer, records: list[Record], cfg: TeacherCoTConfig, d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["teacher_cot"], **runtime_of(config)}
@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(TeacherCoTConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--train", "training records jsonl"),
                           ("--out", "output records jsonl"), ("--summary", "output summary json")], section)
-    run(cfg, ns.teacher, ns.train, ns.out, ns.summary)
+    s = run(cfg, ns.teacher, ns.train, ns.out, ns.summary)
+    stage_summary("teacher_cot", s["problems"], "problems", f"keep rate {100 * s['keep_rate']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main
+    from lori.cli import runtime_of, stage_main, stage_summary
 
     def section(config, ns):
         return {**config["model"], **config["teacher_sft"], **runtime_of(config)}
@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(TeacherSFTConfig, argv, __doc__,
                          [("--train", "training records jsonl"), ("--out", "checkpoint directory"),
                           ("--metrics", "(optional) metrics jsonl")], section)
-    run(cfg, ns.train, ns.out, ns.metrics)
+    rows = run(cfg, ns.train, ns.out, ns.metrics)
+    stage_summary("teacher_sft", cfg.steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 
 
 if __name__ == "__main__":

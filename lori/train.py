@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
 from lori.config import config_hash

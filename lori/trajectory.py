@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
 from lori.data import Record, iter_batches

@@ -13,6 +13,7 @@ from lori.config import (DEFAULT_CONFIG, ConfigError, config_hash, load_config, 
 from lori.dump_hidden import DumpHiddenConfig
 from lori.evaluate import EvaluateConfig
 from lori.factorize import FactorizeConfig
+from lori.report import ReportConfig
 from lori.targets import TargetsConfig
 from lori.teacher_cot import TeacherCoTConfig
 from lori.train import OptimConfig
@@ -221,6 +222,7 @@ def test_required_path_flags():
     ("teacher_cot", TeacherCoTConfig),
     ("targets", TargetsConfig),
     ("evaluate", EvaluateConfig),
+    ("report", ReportConfig),
 ])
 def test_schema_defaults_match_dataclass_defaults(section, cls):
     props = load_schema()["properties"][section]["properties"]

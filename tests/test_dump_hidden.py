@@ -157,7 +157,7 @@ def test_dry_run_with_dump_shards_plans_scatter_gather(tmp_path):
     assert jobs["dump_hidden_partial"] == 3 and jobs["dump_hidden_gather"] == 1 and jobs["factorize"] == 1
     out = res.stdout + res.stderr
     for i in range(3):
-        assert f"python -m lori.dump_hidden partial" in out and f"--shard {i} " in out
+        assert "python -m lori.dump_hidden partial" in out and f"--shard {i} " in out
     assert "python -m lori.dump_hidden gather" in out and "hidden/shards/calib.part2.zarr" in out
 
 

@@ -2,7 +2,6 @@
 documents how to launch it, builds every stage's dataclass, and names data files that exist."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

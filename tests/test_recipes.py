@@ -268,8 +268,12 @@ def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback
         assert [r["scheduled"] for r in rows][:2] == [0, 1] and rows[-1]["cot_left"] == 0
     if method == "codi":
         assert all(r["distill"] > 0 and r["teacher"] > 0 for r in rows)
-    loaded, _ = LatentStudent.load(out)
+    loaded, tok = LatentStudent.load(out)
     assert loaded.latent_steps == k and loaded.feedback == feedback
+    if k > 0:                                           # the report decodes every latent student's thoughts
+        from lori.thoughts import decode_thoughts
+
+        assert len(decode_thoughts(loaded.eval(), tok, FOUR.question)) == k
     summary = evaluate.run(evaluate.EvaluateConfig(method=method, max_new_tokens=4, threads=1, device="cpu"),
                            str(out), tiny["test"], str(tiny["dir"] / f"eval_{method}.jsonl"))
     assert summary["n"] == 12 and summary["latent_steps"] == k and 0 <= summary["accuracy"] <= 1

@@ -71,6 +71,22 @@ def test_micro_dag_runs_and_caches(tmp_path):
     run = tmp_path / "results" / "micro"
     assert (run / "report" / "report.md").exists() and (run / "report" / "report.html").exists()
     assert (run / "logs" / "distill" / "lori.log").stat().st_size > 0
+    # every stage ends its log with one summary line (lori.cli.stage_summary)
+    for log in run.glob("logs/**/*.log"):
+        assert re.search(r"INFO done \S+.*: [\d.]+ s", log.read_text()), log
+
+    # `snakemake --report` of the same run: every category, captions rendered with their wildcards
+    page_path = tmp_path / "snakemake-report.html"
+    res = snakemake(tmp_path, "--report", str(page_path), configfile=MICRO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    page = page_path.read_text()
+    categories = json.loads(re.search(r"categories = (\{.*?\});", page).group(1))
+    assert set(categories) == {"data", "teacher", "low-rank", "students", "evaluation"}
+    assert "results/micro/report/spectrum.png" in categories["low-rank"]["Other"]
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", page, re.S).group(1))
+    assert ">lori</tt> on <tt" in results["results/micro/eval/lori/test.json"]["caption"]
+    assert results["results/micro/report/agreement.png"]["mime_type"] == "image/png"
+
     # the compute-matched No-CoT got more steps than LoRi's 3 (its steps are cheaper), and says so
     match = json.loads((run / "students" / "no_cot_matched" / "train_config.json").read_text())["compute_match"]
     assert match["ref_steps"] == 3 and match["steps"] > 3 and match["steps"] == cfg_steps(run, "no_cot_matched")

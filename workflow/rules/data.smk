@@ -2,7 +2,7 @@ rule prepare_data:
     input:
         exclude=lambda wc: [] if wc.split == "train" else [f"{R}/data/train.jsonl"],
     output:
-        f"{R}/data/{{split}}.jsonl",
+        report(f"{R}/data/{{split}}.jsonl", caption="../report/data.rst", category="data", labels={"split": "{split}"}),
     log:
         f"{R}/logs/prepare_data/{{split}}.log",
     params:

@@ -21,7 +21,8 @@ rule distill:
         unpack(distill_inputs),
     output:
         model=directory(f"{R}/students/{{method}}"),
-        metrics=f"{R}/students/{{method}}_metrics.jsonl",
+        metrics=report(f"{R}/students/{{method}}_metrics.jsonl", caption="../report/student_metrics.rst",
+                       category="students", labels={"method": "{method}"}),
     log:
         f"{R}/logs/distill/{{method}}.log",
     threads: config["threads"]
@@ -47,7 +48,8 @@ rule evaluate:
         data=f"{R}/data/{{bench}}.jsonl",
     output:
         rows=f"{R}/eval/{{method}}/{{bench}}.jsonl",
-        summary=f"{R}/eval/{{method}}/{{bench}}.json",
+        summary=report(f"{R}/eval/{{method}}/{{bench}}.json", caption="../report/eval.rst", category="evaluation",
+                       subcategory="{bench}", labels={"method": "{method}", "benchmark": "{bench}"}),
     log:
         f"{R}/logs/evaluate/{{method}}/{{bench}}.log",
     threads: config["threads"]

@@ -4,7 +4,8 @@ rule teacher_sft:
         base=[f"{R}/base_model"] if config["model"]["name_or_path"] else [],
     output:
         model=directory(f"{R}/teacher"),
-        metrics=f"{R}/teacher_metrics.jsonl",
+        metrics=report(f"{R}/teacher_metrics.jsonl", caption="../report/teacher_metrics.rst", category="teacher",
+                       labels={"file": "training log"}),
     log:
         f"{R}/logs/teacher_sft.log",
     threads: config["threads"]
@@ -27,7 +28,8 @@ rule teacher_cot:
         train=f"{R}/data/train.jsonl",
     output:
         records=f"{R}/teacher_cot/train.jsonl",
-        summary=f"{R}/teacher_cot/summary.json",
+        summary=report(f"{R}/teacher_cot/summary.json", caption="../report/teacher_cot.rst", category="teacher",
+                       labels={"file": "CoT keep rate"}),
     log:
         f"{R}/logs/teacher_cot.log",
     threads: config["threads"]
