@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__, PATHS[command], section)
     if command == "run":
         info = run(cfg, ns.teacher, ns.records, ns.out)
-        stage_summary("dump_hidden", info["tokens"], "tokens", f"{info['examples']} examples")
+        if info:    # under torchrun only rank 0 wrote the store and reports
+            stage_summary("dump_hidden", info["tokens"], "tokens", f"{info['examples']} examples")
     elif command == "partial":
         if not ns.shard.isdigit():
             raise ConfigError(f"dump_hidden partial: --shard must be an integer, got {ns.shard!r}")

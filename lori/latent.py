@@ -86,7 +86,8 @@ class LatentStudent(nn.Module):
         n_thoughts = self.latent_steps if latent_steps is None else latent_steps
         need_hidden = n_thoughts > 0 or layers is not None
         out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
-                                   position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden)
+                                   position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden,
+                                   logits_to_keep=1)   # only the last position is read: skip a [B, P, vocab] head
         mask, pos = prompt_mask, prompt_mask.sum(1)
         logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
         thought_states = []
