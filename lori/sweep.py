@@ -112,6 +112,15 @@ def _metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def total_flops(rows: list[dict]) -> float:
+    """Training FLOPs of a run from its metrics rows (each row averages its log window)."""
+    total, prev = 0.0, 0
+    for r in rows:
+        total += r["flops"] * (r["step"] - prev)   # weight a window's mean by the steps it covers
+        prev = r["step"]
+    return total
+
+
 def cost_per_step(path: str | Path, by: str) -> tuple[int, float]:
     """(steps, cost of one step) from a metrics jsonl: mean FLOPs or seconds per step."""
     rows = _metrics(path)
@@ -121,12 +130,7 @@ def cost_per_step(path: str | Path, by: str) -> tuple[int, float]:
     elif by == "flops":
         if any("flops" not in r for r in rows):
             raise ValueError(f"{path}: rows without 'flops'; retrain it with this version of lori")
-        # rows average over their log window; weight each by the steps it covers
-        prev, total = 0, 0.0
-        for r in rows:
-            total += r["flops"] * (r["step"] - prev)
-            prev = r["step"]
-        cost = total / steps
+        cost = total_flops(rows) / steps
     else:
         raise ValueError(f"match_compute.by must be flops | wall, got {by!r}")
     if not (cost > 0 and math.isfinite(cost)):

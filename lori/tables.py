@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 
 from lori.evaluate import wilson_interval
-from lori.sweep import split_student
+from lori.sweep import split_student, total_flops
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -42,11 +42,7 @@ def training_cost(metrics: list[dict]) -> dict:
     steps = int(metrics[-1]["step"])
     cost = {"steps": steps, "wall_s": steps * float(metrics[-1].get("sec_per_step", float("nan")))}
     if all("flops" in r for r in metrics):
-        prev, flops = 0, 0.0
-        for r in metrics:
-            flops += r["flops"] * (r["step"] - prev)
-            prev = r["step"]
-        cost["flops"] = flops
+        cost["flops"] = total_flops(metrics)
     return cost
 
 
