@@ -36,7 +36,8 @@ import numpy as np
 
 from lori.io import atomic_path, open_store, read_array, read_json
 from lori.lowrank import energy_curve
-from lori.tables import ablation_table, methods_table
+from lori.published import BENCHES, published_table
+from lori.tables import ablation_table, methods_table, paper_table
 
 log = logging.getLogger("lori.report")
 
@@ -404,7 +405,19 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
             plot_placeholder(tmp / f"{name}.png", name, reason)
         figures = [(f"{name}.png", captions[name]) for name in FIGURES if name not in missing]
         mh, mrows = methods_table(summaries, metrics)
-        sections = [("Methods", _methods_note() + "\n\n" + md_table(mh, mrows),
+        ph, prows = paper_table(summaries, bench_order=BENCHES)
+        paper_note = ("Accuracy: mean ± sample sd over seeds [Wilson 95% CI on all seeds' problems pooled]; "
+                      "tokens and latency averaged over the benchmarks.")
+        sections = [("Paper-style table", md_table(ph, prows) + "\n\n" + paper_note,
+                     html_table(ph, prows) + f"<p>{html.escape(paper_note)}</p>")]
+        if any(s["bench"] in BENCHES for s in summaries):
+            bh, brows = published_table()
+            note = ("Published GSM8K-Aug-trained models at their full budgets (DESIGN.md §7): a reference for the "
+                    "ordering of methods, not comparable in absolute terms with a run on another base model or "
+                    "budget. Coconut reports 8.2 generated tokens per GSM8K problem vs 25.0 for CoT.")
+            sections.append(("Published numbers (other base models)", md_table(bh, brows) + "\n\n" + note,
+                             html_table(bh, brows) + f"<p>{html.escape(note)}</p>"))
+        sections += [("Methods", _methods_note() + "\n\n" + md_table(mh, mrows),
                      f"<p>{html.escape(_methods_note())}</p>" + html_table(mh, mrows)),
                     ("Results per student", md_table(header, rows), html_table(header, rows))]
         if cfg.sweep:

@@ -46,6 +46,42 @@ def training_cost(metrics: list[dict]) -> dict:
     return cost
 
 
+#: row order of the paper-style table: the explicit-CoT teacher, No-CoT, the baselines, then LoRi
+METHOD_ORDER = ("cot_sft", "no_cot", "icot_si", "coconut", "codi", "lori")
+
+
+def paper_table(summaries: list[dict], bench_order: tuple[str, ...] = ()) -> Table:
+    """Method x benchmark, as the papers print it: accuracy mean ± sd over seeds [pooled Wilson 95% CI]
+    per benchmark, then generated tokens and latency averaged over the benchmarks.
+
+    Benchmarks in ``bench_order`` come first (in that order), any others after in first-seen order;
+    methods follow :data:`METHOD_ORDER`, sweep variants after them in first-seen order.
+    """
+    groups = group_by_variant(summaries)
+    seen_benches = list(dict.fromkeys(b for _, b in groups))
+    benches = [b for b in bench_order if b in seen_benches] + [b for b in seen_benches if b not in bench_order]
+    first_seen = {v: i for i, v in enumerate(dict.fromkeys(v for v, _ in groups))}
+    variants = sorted(first_seen, key=lambda v: (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER),
+                                                 first_seen[v]))
+    header = ["method", "seeds", *(f"{b} % (95% CI)" for b in benches), "generated tokens", "ms / problem"]
+    rows = []
+    for variant in variants:
+        cells, tokens, latency, seeds = [], [], [], 0
+        for bench in benches:
+            group = groups.get((variant, bench))
+            if not group:
+                cells.append("—")
+                continue
+            lo, hi = wilson_interval(sum(s["correct"] for s in group), sum(s["n"] for s in group))
+            cells.append(f"{_mean_sd([s['accuracy'] for s in group])} [{_pct(lo)}, {_pct(hi)}]")
+            tokens += [s["generated_tokens"] for s in group]
+            latency += [s["latency_s"] for s in group]
+            seeds = max(seeds, len(group))
+        rows.append([variant, str(seeds), *cells, f"{statistics.mean(tokens):.1f}",
+                     f"{1000 * statistics.mean(latency):.2f}"])
+    return header, rows
+
+
 def methods_table(summaries: list[dict], metrics: dict[str, list[dict]]) -> Table:
     """One row per variant and benchmark, seeds aggregated, with cost and thought reliance."""
     header = ["method", "benchmark", "seeds", "accuracy %", "95% CI (pooled)", "shuffled thoughts %",

@@ -61,6 +61,24 @@ def test_report_run_is_self_contained(runs, capsys):
     assert "## Per-problem agreement" in md and "| test | cot_sft | lori | 8 |" in md
     assert md.count("```\nexample test-") == 2 and "### lori" in md and "### no_cot" not in md
     assert "logit lens" in page and "teacher step" in page
+    assert "## Paper-style table" in md and "| cot_sft | 1 |" in md
+    assert "Published numbers" not in md          # the quickstart's benchmarks are not the papers'
+
+
+def test_real_benchmarks_get_the_published_numbers_beside_ours(runs, tmp_path):
+    _, a, _ = runs
+    summary = json.loads((a / "eval" / "lori" / "test.json").read_text())
+    evals = []
+    for bench in ("svamp", "gsm8k"):
+        path = tmp_path / "eval" / "lori" / f"{bench}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**summary, "bench": bench}))
+        evals.append(str(path))
+    run(ReportConfig(thought_examples=0), evals, str(tmp_path / "r"))
+    md = (tmp_path / "r" / "report.md").read_text()
+    table = md.split("## Paper-style table")[1]
+    assert table.index("gsm8k % (95% CI)") < table.index("svamp % (95% CI)")   # the papers' column order
+    assert "## Published numbers (other base models)" in md and "| GPT-2 small | codi | 43.7 | 9.9 | 42.9 |" in md
 
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lori.evaluate import wilson_interval
-from lori.tables import ablation_table, methods_table, training_cost
+from lori.tables import ablation_table, methods_table, paper_table, training_cost
 
 
 def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int | None = None) -> dict:
@@ -57,3 +57,29 @@ def test_ablation_rows_compare_to_the_plain_method():
     assert by["lori_no_cov"]["changes"] == "w_cov=0.0" and by["lori_no_cov"]["Δ points"] == "-7.0"
     assert by["lori_no_cov"]["method accuracy %"] == "25.0 ± 7.1"
     assert by["lori_k3"]["Δ points"] == "+15.0"
+
+
+def test_paper_table_is_method_by_benchmark_in_paper_order():
+    summaries = [summary("lori", "svamp", 30), summary("lori", "gsm8k", 20), summary("lori-seed1", "gsm8k", 30),
+                 summary("codi", "gsm8k", 10), summary("cot_sft", "gsm8k", 50), summary("cot_sft", "svamp", 60),
+                 summary("lori_k3", "gsm8k", 5), summary("cot_sft", "extra", 1)]
+    header, rows = paper_table(summaries, bench_order=("gsm8k", "gsm_hard", "svamp"))
+    assert header == ["method", "seeds", "gsm8k % (95% CI)", "svamp % (95% CI)", "extra % (95% CI)",
+                      "generated tokens", "ms / problem"]
+    assert [r[0] for r in rows] == ["cot_sft", "codi", "lori", "lori_k3"]   # paper order, then variants
+    by = {r[0]: dict(zip(header, r)) for r in rows}
+    lo, hi = wilson_interval(50, 200)
+    assert by["lori"]["gsm8k % (95% CI)"] == f"25.0 ± 7.1 [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert by["lori"]["seeds"] == "2" and by["lori"]["extra % (95% CI)"] == "—"
+    assert by["codi"]["svamp % (95% CI)"] == "—" and by["codi"]["seeds"] == "1"
+    assert by["cot_sft"]["generated tokens"] == "3.0" and by["cot_sft"]["ms / problem"] == "2.00"
+
+
+def test_published_table_cites_every_number():
+    from lori.published import PUBLISHED, published_table
+    header, rows = published_table()
+    assert header[:2] == ["base model", "method"] and header[-1] == "source"
+    assert len(rows) == len(PUBLISHED)
+    codi_gpt2 = next(r for r in rows if r[0] == "GPT-2 small" and r[1] == "codi")
+    assert codi_gpt2[2:5] == ["43.7", "9.9", "42.9"]
+    assert all(r[-1] for r in rows)

@@ -1,0 +1,46 @@
+"""Published accuracies to hold a run against (DESIGN.md §7), with where each number comes from.
+
+These are other papers' models at their full training budgets (GPT-2 small / LLaMA-3.2-1B-Instruct
+trained on GSM8K-Aug), so they are a reference for the *ordering* of methods, never a target in
+absolute terms for a CPU-sized run. The report prints them beside a run's real-benchmark table
+(:func:`published_table`) when the run evaluates GSM8K, GSM-Hard or SVAMP.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: benchmark names (config keys) the published numbers are for, in table order
+BENCHES = ("gsm8k", "gsm_hard", "svamp")
+
+
+class Published(NamedTuple):
+    model: str
+    method: str
+    accuracy: dict[str, float]   # benchmark -> accuracy %, only where published
+    source: str
+
+
+PUBLISHED: tuple[Published, ...] = (
+    Published("GPT-2 small", "no_cot", {"gsm8k": 19.1}, "CODI Table 1"),
+    Published("GPT-2 small", "cot_sft", {"gsm8k": 44.1, "gsm_hard": 9.8, "svamp": 41.8}, "CODI Tables 1-2"),
+    Published("GPT-2 small", "icot_si", {"gsm8k": 30.0}, "CODI Table 1 (iCoT-SI paper: 30.1)"),
+    Published("GPT-2 small", "coconut", {"gsm8k": 34.1}, "Coconut Table 1"),
+    Published("GPT-2 small", "codi", {"gsm8k": 43.7, "gsm_hard": 9.9, "svamp": 42.9}, "CODI Tables 1-2"),
+    Published("LLaMA-3.2-1B-Instruct", "no_cot", {"gsm8k": 30.9}, "CODI Table 1 (secondary transcription)"),
+    Published("LLaMA-3.2-1B-Instruct", "cot_sft", {"gsm8k": 61.6, "gsm_hard": 15.6, "svamp": 66.7},
+              "CODI Tables 1-2 (secondary transcription)"),
+    Published("LLaMA-3.2-1B-Instruct", "coconut", {"gsm8k": 45.3}, "CODI Table 1 (secondary transcription)"),
+    Published("LLaMA-3.2-1B-Instruct", "codi", {"gsm8k": 55.6, "gsm_hard": 12.8, "svamp": 61.1},
+              "CODI Tables 1-2 (secondary transcription)"),
+)
+
+#: generated tokens per GSM8K problem reported by Coconut (GPT-2): latent vs explicit CoT
+PUBLISHED_TOKENS = {"coconut": 8.2, "cot_sft": 25.0}
+
+
+def published_table(benches: tuple[str, ...] = BENCHES) -> tuple[list[str], list[list[str]]]:
+    """One row per published (model, method): accuracy % per benchmark ("—" where unpublished)."""
+    header = ["base model", "method", *(f"{b} %" for b in benches), "source"]
+    rows = [[p.model, p.method, *(f"{p.accuracy[b]:.1f}" if b in p.accuracy else "—" for b in benches), p.source]
+            for p in PUBLISHED]
+    return header, rows
