@@ -8,6 +8,9 @@ One place decides what a run trains, so the Snakefile, the stages and the report
 - ``seeds:`` trains every variant once per seed. The first seed's student is
   ``students/<variant>``, the others ``students/<variant>-seed<k>`` (so a one-seed run keeps
   the plain names);
+- a LoRi variant may set the factor ranks (``lori_r1x8: {method: lori, rank_layer: 1, rank_hidden: 8}``):
+  it gets its own factors and targets (``lowrank/factors-rl1-rh8.zarr``, ``targets/train-rl1-rh8.zarr``,
+  :func:`lowrank_tag`), so a rank sweep runs in one DAG beside the other ablations;
 - a variant with ``match_compute: {to: lori, by: flops}`` trains for as many steps as give it
   the compute of the ``to`` student: ``steps = to_steps * to_cost / base_cost``, the per-step
   costs read from the metrics of ``to`` and of the variant's own method trained plainly
@@ -22,7 +25,9 @@ import re
 from pathlib import Path
 
 SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
-VARIANT_ONLY = ("method", "match_compute")      # variant keys that are not distill knobs
+FACTOR_KNOBS = {"rank_layer": "rl", "rank_hidden": "rh"}   # variant keys that change the factors (tag prefix)
+VARIANT_ONLY = ("method", "match_compute", *FACTOR_KNOBS)   # variant keys that are not distill knobs
+_TAG = re.compile(r"^(?:rl(?P<rank_layer>[1-9]\d*))?-?(?:rh(?P<rank_hidden>[1-9]\d*))?$")
 
 
 def seeds_of(config: dict) -> list[int]:
@@ -62,6 +67,26 @@ def student_config(config: dict, name: str) -> dict:
     return {**config["distill"]["common"], **config["distill"].get(method, {}), **overrides, "method": method}
 
 
+def factor_overrides(config: dict, name: str) -> dict[str, int]:
+    """The factorize knobs a student's variant overrides ({} for the run's own factors)."""
+    spec = variants(config)[student_runs(config)[name][0]]
+    return {k: spec[k] for k in FACTOR_KNOBS if k in spec}
+
+
+def lowrank_tag(overrides: dict[str, int]) -> str:
+    """File-name tag of a variant's factors and targets: ``{rank_layer: 1, rank_hidden: 8}`` ->
+    ``rl1-rh8``; ``{}`` -> ``""`` (the run's plain ``factors.zarr`` / ``train.zarr``)."""
+    return "-".join(f"{FACTOR_KNOBS[k]}{overrides[k]}" for k in FACTOR_KNOBS if k in overrides)
+
+
+def parse_lowrank_tag(tag: str) -> dict[str, int]:
+    """Inverse of :func:`lowrank_tag`."""
+    m = _TAG.match(tag)
+    if not tag or not m:
+        raise ValueError(f"not a factor-rank tag: {tag!r} (expected e.g. rl1-rh8, rl2, rh16)")
+    return {k: int(v) for k, v in m.groupdict().items() if v is not None}
+
+
 def matched_inputs(config: dict, name: str) -> dict[str, str] | None:
     """For a compute-matched student: the student names whose metrics set its budget."""
     variant, seed = student_runs(config)[name]
@@ -87,6 +112,10 @@ def check_sweep(config: dict) -> list[str]:
             problems.append(f"sweep.{name}: the name is already a method; pick another")
         if SEED_SUFFIX.match(name):
             problems.append(f"sweep.{name}: names ending in -seed<k> are reserved for seeds")
+        ranks = [k for k in FACTOR_KNOBS if k in spec]
+        if ranks and spec["method"] != "lori":
+            problems.append(f"sweep.{name}: {', '.join(ranks)} change LoRi's factors; method '{spec['method']}' "
+                            "does not use them")
         match = spec.get("match_compute")
         if match:
             if match["to"] not in all_variants or match["to"] == name:

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from lori.config import ConfigError, load_config, validate_config
-from lori.sweep import (cost_per_step, matched_inputs, matched_steps, split_student, student_config, student_runs)
+from lori.sweep import (cost_per_step, factor_overrides, lowrank_tag, matched_inputs, matched_steps, parse_lowrank_tag,
+                        split_student, student_config, student_runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,23 @@ def test_variant_overrides_its_method_block():
            {k: v for k, v in base.items() if k not in ("latent_steps", "gamma")}
 
 
+def test_rank_variants_get_their_own_factors_not_distill_knobs():
+    config = config_with(sweep={"lori_r1x8": {"method": "lori", "rank_layer": 1, "rank_hidden": 8},
+                                "lori_rh4": {"method": "lori", "rank_hidden": 4}})
+    assert factor_overrides(config, "lori_r1x8") == {"rank_layer": 1, "rank_hidden": 8}
+    assert factor_overrides(config, "lori") == {}
+    assert "rank_layer" not in student_config(config, "lori_r1x8")       # DistillConfig never sees them
+    assert student_config(config, "lori_r1x8") == student_config(config, "lori")
+    for ranks, tag in [({"rank_layer": 1, "rank_hidden": 8}, "rl1-rh8"), ({"rank_hidden": 4}, "rh4"),
+                       ({"rank_layer": 12}, "rl12"), ({}, "")]:
+        assert lowrank_tag(ranks) == tag
+        if tag:
+            assert parse_lowrank_tag(tag) == ranks
+    for bad in ("", "r1x8", "rl0", "rh8-rl1"):
+        with pytest.raises(ValueError, match="not a factor-rank tag"):
+            parse_lowrank_tag(bad)
+
+
 def test_matched_variant_reads_same_seed_students():
     config = config_with(seeds=[0, 1], sweep={"m": {"method": "no_cot", "match_compute": {"to": "lori"}}})
     assert matched_inputs(config, "m") == {"ref": "lori", "base": "no_cot", "by": "flops"}
@@ -60,6 +78,8 @@ def test_matched_variant_reads_same_seed_students():
     ({"sweep": {"m": {"method": "no_cot", "match_compute": {"to": "nope"}}}}, "'nope' is not another student"),
     ({"sweep": {"m": {"method": "no_cot", "match_compute": {"to": "lori"}, "batch_size": 8}}}, "takes only method"),
     ({"sweep": {"m": {"method": "codi", "match_compute": {"to": "lori"}}}}, "needs 'codi' itself in methods"),
+    ({"sweep": {"r": {"method": "no_cot", "rank_layer": 1}}}, "rank_layer change LoRi's factors"),
+    ({"sweep": {"r": {"method": "lori", "rank_hidden": 0}}}, "rank_hidden"),
     ({"seeds": [1, 1]}, "repeated seed"),
     ({"seeds": []}, "seeds"),
 ])
@@ -126,3 +146,29 @@ def test_dry_run_plans_seeds_variants_and_matched_students(tmp_path):
             "results/sweep/students/no_cot-seed1_metrics.jsonl --match-by wall") in by_out["no_cot_matched-seed1"]
     evals = [l for l in res.stdout.splitlines() if "-m lori.evaluate " in l]
     assert len(evals) == (1 + 8) * 2          # cot_sft + 8 students, on test and longer
+
+
+def test_dry_run_gives_a_rank_variant_its_own_factors_and_targets(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(run="ranks", sweep={"lori_r1x8": {"method": "lori", "rank_layer": 1, "rank_hidden": 8}})
+    cfg = tmp_path / "ranks.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                          str(tmp_path), "--cores", "1", "-n", "-p", "--configfile", str(cfg)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    factorize = [l for l in lines if "-m lori.factorize " in l]
+    assert len(factorize) == 2                 # the run's factors and the variant's
+    ranked = next(l for l in factorize if "factors-rl1-rh8.zarr" in l)
+    assert "--rank-layer 1" in ranked and "--rank-hidden 8" in ranked
+    plain = next(l for l in factorize if "lowrank/factors.zarr" in l)
+    assert f"--rank-layer {config['factorize']['rank_layer']}" in plain
+    targets = [l for l in lines if "-m lori.targets " in l]
+    assert any("--factors results/ranks/lowrank/factors-rl1-rh8.zarr --out results/ranks/targets/train-rl1-rh8.zarr"
+               in l for l in targets)
+    variant = next(l for l in lines if "-m lori.distill " in l and "students/lori_r1x8 " in l)
+    assert "--targets results/ranks/targets/train-rl1-rh8.zarr --factors results/ranks/lowrank/factors-rl1-rh8.zarr" in variant
+    assert "--rank-layer" not in variant
+    plain_lori = next(l for l in lines if "-m lori.distill " in l and "students/lori " in l)
+    assert "--targets results/ranks/targets/train.zarr" in plain_lori

@@ -9,7 +9,7 @@ import re
 
 from lori.config import load_schema, to_flags, validate_config
 from lori.distill import DistillConfig
-from lori.sweep import matched_inputs, student_config, student_runs
+from lori.sweep import factor_overrides, lowrank_tag, matched_inputs, parse_lowrank_tag, student_config, student_runs
 from lori.teacher_sft import TeacherSFTConfig
 
 validate_config(config, "config")
@@ -72,6 +72,13 @@ def student_seed(student):
 
 def needs_targets(student):
     return DistillConfig(**method_config(student)).needs_targets
+
+
+def lowrank_paths(student):
+    """(factors, targets) a LoRi student reads: the run's, or its rank variant's own (lori.sweep.lowrank_tag)."""
+    tag = lowrank_tag(factor_overrides(config, student))
+    suffix = f"-{tag}" if tag else ""
+    return f"{R}/lowrank/factors{suffix}.zarr", f"{R}/targets/train{suffix}.zarr"
 
 
 def matched(student):

@@ -189,3 +189,48 @@ rule targets:
     shell:
         "python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
         "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+
+
+# Rank-sweep variants (sweep: {lori_r1x8: {method: lori, rank_layer: 1, rank_hidden: 8}}): each rank
+# pair gets its own factors and targets, tagged rl<L>-rh<H> (lori.sweep.lowrank_tag); the hidden
+# dump is shared. One streamed factorize job each: a rank variant is an ablation, not a scale-out.
+RANK_TAG = r"(rl[1-9]\d*)?-?(rh[1-9]\d*)?"
+
+
+rule factorize_ranks:
+    input:
+        hidden=f"{R}/hidden/calib.zarr",
+    output:
+        directory(f"{R}/lowrank/factors-{{ranks}}.zarr"),
+    log:
+        f"{R}/logs/factorize-{{ranks}}.log",
+    wildcard_constraints:
+        ranks=RANK_TAG,
+    threads: config["threads"]
+    params:
+        args=lambda wc: to_flags({**{k: v for k, v in config["factorize"].items() if k != "shards"},
+                                  **parse_lowrank_tag(wc.ranks)}),
+    shell:
+        "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+
+
+rule targets_ranks:
+    input:
+        teacher=f"{R}/teacher",
+        records=f"{R}/teacher_cot/train.jsonl",
+        factors=f"{R}/lowrank/factors-{{ranks}}.zarr",
+    output:
+        directory(f"{R}/targets/train-{{ranks}}.zarr"),
+    log:
+        f"{R}/logs/targets-{{ranks}}.log",
+    wildcard_constraints:
+        ranks=RANK_TAG,
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        args=to_flags(config["targets"]),
+        runtime=runtime_flags(),
+    shell:
+        "python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
+        "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"

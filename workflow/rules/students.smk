@@ -1,7 +1,8 @@
 def distill_inputs(wc):
     inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
     if needs_targets(wc.method):
-        inputs.update(targets=f"{R}/targets/train.zarr", factors=f"{R}/lowrank/factors.zarr")
+        factors, targets = lowrank_paths(wc.method)
+        inputs.update(targets=targets, factors=factors)
     match = matched(wc.method)
     if match:
         inputs.update(match_ref=f"{R}/students/{match['ref']}_metrics.jsonl",
