@@ -124,17 +124,23 @@ def test_unusable_metrics_are_clear_errors(tmp_path):
         cost_per_step(old, "time")
 
 
-def test_dry_run_plans_seeds_variants_and_matched_students(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config.update(run="sweep", seeds=[0, 1],
-                  sweep={"lori_no_cov": {"method": "lori", "w_cov": 0.0},
-                         "no_cot_matched": {"method": "no_cot", "match_compute": {"to": "lori", "by": "wall"}}})
-    cfg = tmp_path / "sweep.yaml"
+def dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+    """``snakemake -n -p`` of the workflow on ``config`` (printing every shell command); must succeed."""
+    cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
                           str(tmp_path), "--cores", "1", "-n", "-p", "--configfile", str(cfg)],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_dry_run_plans_seeds_variants_and_matched_students(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(run="sweep", seeds=[0, 1],
+                  sweep={"lori_no_cov": {"method": "lori", "w_cov": 0.0},
+                         "no_cot_matched": {"method": "no_cot", "match_compute": {"to": "lori", "by": "wall"}}})
+    res = dry_run(tmp_path, config)
     distills = [l for l in res.stdout.splitlines() if "-m lori.distill " in l]
     outs = sorted(re.search(r"--out results/sweep/students/(\S+)", l)[1] for l in distills)
     assert outs == sorted(["no_cot", "no_cot-seed1", "lori", "lori-seed1", "lori_no_cov", "lori_no_cov-seed1",
@@ -151,12 +157,7 @@ def test_dry_run_plans_seeds_variants_and_matched_students(tmp_path):
 def test_dry_run_gives_a_rank_variant_its_own_factors_and_targets(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(run="ranks", sweep={"lori_r1x8": {"method": "lori", "rank_layer": 1, "rank_hidden": 8}})
-    cfg = tmp_path / "ranks.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
-                          str(tmp_path), "--cores", "1", "-n", "-p", "--configfile", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = dry_run(tmp_path, config)
     lines = res.stdout.splitlines()
     factorize = [l for l in lines if "-m lori.factorize " in l]
     assert len(factorize) == 2                 # the run's factors and the variant's
