@@ -36,7 +36,7 @@ import numpy as np
 
 from lori.io import atomic_path, open_store, read_array, read_json
 from lori.lowrank import energy_curve
-from lori.published import BENCHES, published_table
+from lori.published import BENCHES, PUBLISHED_TOKENS, published_table
 from lori.tables import ablation_table, methods_table, paper_table
 
 log = logging.getLogger("lori.report")
@@ -414,7 +414,8 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
             bh, brows = published_table()
             note = ("Published GSM8K-Aug-trained models at their full budgets (DESIGN.md §7): a reference for the "
                     "ordering of methods, not comparable in absolute terms with a run on another base model or "
-                    "budget. Coconut reports 8.2 generated tokens per GSM8K problem vs 25.0 for CoT.")
+                    f"budget. Coconut reports {PUBLISHED_TOKENS['coconut']} generated tokens per GSM8K problem vs "
+                    f"{PUBLISHED_TOKENS['cot_sft']} for CoT.")
             sections.append(("Published numbers (other base models)", md_table(bh, brows) + "\n\n" + note,
                              html_table(bh, brows) + f"<p>{html.escape(note)}</p>"))
         sections += [("Methods", _methods_note() + "\n\n" + md_table(mh, mrows),

@@ -27,7 +27,9 @@ from pathlib import Path
 SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 FACTOR_KNOBS = {"rank_layer": "rl", "rank_hidden": "rh"}   # variant keys that change the factors (tag prefix)
 VARIANT_ONLY = ("method", "match_compute", *FACTOR_KNOBS)   # variant keys that are not distill knobs
-_TAG = re.compile(r"^(?:rl(?P<rank_layer>[1-9]\d*))?-?(?:rh(?P<rank_hidden>[1-9]\d*))?$")
+#: a factor-rank tag (:func:`lowrank_tag`); also the Snakemake wildcard constraint of the rank
+#: rules, so it has no (named) groups of its own
+LOWRANK_TAG = r"(?:rl[1-9]\d*)?-?(?:rh[1-9]\d*)?"
 
 
 def seeds_of(config: dict) -> list[int]:
@@ -81,10 +83,10 @@ def lowrank_tag(overrides: dict[str, int]) -> str:
 
 def parse_lowrank_tag(tag: str) -> dict[str, int]:
     """Inverse of :func:`lowrank_tag`."""
-    m = _TAG.match(tag)
-    if not tag or not m:
+    if not tag or not re.fullmatch(LOWRANK_TAG, tag):
         raise ValueError(f"not a factor-rank tag: {tag!r} (expected e.g. rl1-rh8, rl2, rh16)")
-    return {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    knob = {prefix: k for k, prefix in FACTOR_KNOBS.items()}
+    return {knob[prefix]: int(v) for prefix, v in re.findall(r"(rl|rh)(\d+)", tag)}
 
 
 def matched_inputs(config: dict, name: str) -> dict[str, str] | None:

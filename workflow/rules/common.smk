@@ -9,7 +9,7 @@ import re
 
 from lori.config import load_schema, to_flags, validate_config
 from lori.distill import DistillConfig
-from lori.sweep import factor_overrides, lowrank_tag, matched_inputs, parse_lowrank_tag, student_config, student_runs
+from lori.sweep import LOWRANK_TAG, factor_overrides, lowrank_tag, matched_inputs, parse_lowrank_tag, student_config, student_runs
 from lori.teacher_sft import TeacherSFTConfig
 
 validate_config(config, "config")

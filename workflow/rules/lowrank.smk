@@ -5,6 +5,9 @@ from lori.factorize import FactorizeConfig
 # dump_hidden: one job (shards: 1), or a scatter over N shards of whole batches (each its own
 # Zarr store, temporary) and a gather that checks and concatenates them into the same store.
 # With gpus > 1 each job runs under torchrun, its ranks splitting its batches (lori.dump_hidden).
+FACTORIZE_SHELL = "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+TARGETS_SHELL = ("python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
+                 "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1")
 DUMP_SHARDS = config["dump_hidden"]["shards"]
 DUMP_GPUS = 0 if config["device"] == "cpu" else config["gpus"]
 DUMP_PARTS = [f"{R}/hidden/shards/calib.part{i}.zarr" for i in range(DUMP_SHARDS)]
@@ -112,7 +115,7 @@ if FACTORIZE_SHARDS == 1:
         params:
             args=to_flags(config["factorize"]),
         shell:
-            "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+            FACTORIZE_SHELL
 
 else:
 
@@ -187,14 +190,12 @@ rule targets:
         args=to_flags(config["targets"]),
         runtime=runtime_flags(),
     shell:
-        "python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
-        "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+        TARGETS_SHELL
 
 
 # Rank-sweep variants (sweep: {lori_r1x8: {method: lori, rank_layer: 1, rank_hidden: 8}}): each rank
 # pair gets its own factors and targets, tagged rl<L>-rh<H> (lori.sweep.lowrank_tag); the hidden
 # dump is shared. One streamed factorize job each: a rank variant is an ablation, not a scale-out.
-RANK_TAG = r"(rl[1-9]\d*)?-?(rh[1-9]\d*)?"
 
 
 rule factorize_ranks:
@@ -205,13 +206,13 @@ rule factorize_ranks:
     log:
         f"{R}/logs/factorize-{{ranks}}.log",
     wildcard_constraints:
-        ranks=RANK_TAG,
+        ranks=LOWRANK_TAG,
     threads: config["threads"]
     params:
         args=lambda wc: to_flags({**{k: v for k, v in config["factorize"].items() if k != "shards"},
                                   **parse_lowrank_tag(wc.ranks)}),
     shell:
-        "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+        FACTORIZE_SHELL
 
 
 rule targets_ranks:
@@ -224,7 +225,7 @@ rule targets_ranks:
     log:
         f"{R}/logs/targets-{{ranks}}.log",
     wildcard_constraints:
-        ranks=RANK_TAG,
+        ranks=LOWRANK_TAG,
     threads: config["threads"]
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
@@ -232,5 +233,4 @@ rule targets_ranks:
         args=to_flags(config["targets"]),
         runtime=runtime_flags(),
     shell:
-        "python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
-        "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
+        TARGETS_SHELL
