@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lori.models import resolve_device
+from lori.model.loading import resolve_device
 
 
 def run_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lori.data import iter_batches, read_records
-from lori.lowrank import select_layers
-from lori.models import load_checkpoint
-from lori.sequences import teacher_batch, teacher_sequence
-from lori.trajectory import write_trajectories
+from lori.data.records import iter_batches, read_records
+from lori.lowrank.maths import select_layers
+from lori.model.loading import load_checkpoint
+from lori.model.sequences import teacher_batch, teacher_sequence
+from lori.model.trajectory import write_trajectories
 
 from benchlib import device_name, run_parser, setup, sync
 

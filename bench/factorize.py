@@ -51,7 +51,7 @@ def write_store(path: Path, n: int, layers: int, hidden: int, true_ranks: tuple[
     import zarr
 
     sys.path.insert(0, str(ROOT))
-    from lori.io import zarr_create, zarr_put
+    from lori.artifacts.store import zarr_create, zarr_put
 
     rng = np.random.default_rng(seed)
     A = np.linalg.qr(rng.standard_normal((layers, true_ranks[0])))[0]

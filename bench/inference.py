@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 
-from lori.data import iter_batches, read_records
-from lori.generate import generate_cot
-from lori.latent import LatentStudent
-from lori.models import load_checkpoint
-from lori.sequences import student_batch
+from lori.data.records import iter_batches, read_records
+from lori.model.generate import generate_cot
+from lori.model.latent import LatentStudent
+from lori.model.loading import load_checkpoint
+from lori.model.sequences import student_batch
 
 from benchlib import device_name, run_parser, setup, sync
 

@@ -19,9 +19,9 @@ from unittest import mock
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lori import latent
-from lori.latent import LatentStudent
-from lori.sequences import StudentBatch
+from lori.model import latent
+from lori.model.latent import LatentStudent
+from lori.model.sequences import StudentBatch
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 - ``no_cot SFT``: the student answering directly (K = 0), answer cross-entropy only;
 - ``CoT SFT``: the teacher's explicit-CoT step (full question + CoT + answer sequence);
 - ``LoRi``: K latent thoughts + L_reason (precomputed teacher statistics) + L_anchor;
-- ``CODI``: the CODI recipe (:mod:`lori.recipes.codi`): a teacher pass on the CoT *in the loop*
+- ``CODI``: the CODI recipe (:mod:`lori.training.recipes.codi`): a teacher pass on the CoT *in the loop*
   (same model), K latent thoughts, distillation of the pre-answer state.
 
     python bench/train_step.py [--run results/quickstart] [--steps 20] [--batch-size 64]
@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from lori.data import read_records
+from lori.data.records import read_records
 from lori.distill import DistillConfig, TeacherTargets, build_student, make_loss_step
 from lori.factorize import load_factors
-from lori.models import load_checkpoint
-from lori import recipes
-from lori.recipes import RECIPES
-from lori.sequences import teacher_batch, teacher_sequence
+from lori.model.loading import load_checkpoint
+from lori.training import recipes
+from lori.training.recipes import RECIPES
+from lori.model.sequences import teacher_batch, teacher_sequence
 
 from benchlib import device_name, run_parser, setup, sync
 

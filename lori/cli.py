@@ -7,8 +7,8 @@ import time
 from typing import Callable, Sequence, TypeVar
 
 from lori.config import ConfigError, parse_stage_args
-from lori.data import DataError
-from lori.io import ArtifactError
+from lori.data.records import DataError
+from lori.artifacts.store import ArtifactError
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, DataError, ArtifactError, FileNotFoundError)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lori.io import read_json
+from lori.artifacts.store import read_json
 from lori.report import load_rows, mcnemar_p, md_table
 
 

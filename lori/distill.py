@@ -12,9 +12,9 @@
 ``lori`` is alpha=gamma=1, ``no_cot`` is K=0 (answer directly); a CODI-*style* anchor against the
 fixed dumped teacher is ``lori`` with ``alpha: 0, anchor_space: full, anchor_loss: smooth_l1``.
 
-The baselines are recipes (:mod:`lori.recipes`), each one module: ``codi`` (in-loop
-self-distillation, :mod:`lori.recipes.codi`), ``coconut`` (stage curriculum,
-:mod:`lori.recipes.coconut`), ``icot_si`` (stepwise CoT-token removal, :mod:`lori.recipes.icot_si`).
+The baselines are recipes (:mod:`lori.training.recipes`), each one module: ``codi`` (in-loop
+self-distillation, :mod:`lori.training.recipes.codi`), ``coconut`` (stage curriculum,
+:mod:`lori.training.recipes.coconut`), ``icot_si`` (stepwise CoT-token removal, :mod:`lori.training.recipes.icot_si`).
 They need the records' CoT steps, not the targets. ``cot_sft`` is the teacher itself and is
 not trained here.
 
@@ -22,7 +22,7 @@ Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, 
 alpha or gamma > 0 (lori), ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
 ``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
 ``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
-checkpoint ``students/<method>.ckpt/`` (:mod:`lori.train`).
+checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`).
 
 Standalone::
 
@@ -41,25 +41,25 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from lori.data import BOT, EOT, check_training_records, read_records
+from lori.data.records import BOT, EOT, check_training_records, read_records
 from lori.factorize import load_factors
-from lori.io import ArtifactError, open_store, read_array
-from lori.latent import LatentStudent
-from lori.losses import anchor_loss, reason_loss, moments, trajectory_moments
-from lori.models import load_checkpoint, num_params, setup_runtime
-from lori.recipes import RECIPES
-from lori.sequences import student_batch
-from lori.trajectory import check_factors_fit
-from lori.distributed import cleanup, init_distributed, unsharded
+from lori.artifacts.store import ArtifactError, open_store, read_array
+from lori.model.latent import LatentStudent
+from lori.training.losses import anchor_loss, reason_loss, moments, trajectory_moments
+from lori.model.loading import load_checkpoint, num_params, setup_runtime
+from lori.training.recipes import RECIPES
+from lori.model.sequences import student_batch
+from lori.model.trajectory import check_factors_fit
+from lori.training.distributed import cleanup, init_distributed, unsharded
 from lori.sweep import matched_steps
-from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
+from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.distill")
 
 METHOD_PRESETS: dict[str, dict] = {
     "lori": {"latent_steps": 6, "alpha": 1.0, "gamma": 1.0},
     "no_cot": {"latent_steps": 0, "alpha": 0.0, "gamma": 0.0},
-    # the recipes (lori.recipes) never read targets: alpha = gamma = 0
+    # the recipes (lori.training.recipes) never read targets: alpha = gamma = 0
     "codi": {"latent_steps": 6, "alpha": 0.0, "gamma": 0.0},
     "coconut": {"alpha": 0.0, "gamma": 0.0, "steps_per_stage": 200},   # latent_steps = max_stage * c
     "icot_si": {"latent_steps": 0, "alpha": 0.0, "gamma": 0.0, "steps_per_stage": 100},
@@ -85,17 +85,17 @@ class DistillConfig(OptimConfig):
     covariance: Literal["full", "per_layer"] = "full"
     anchor_space: Literal["core", "full"] | None = None
     anchor_loss: Literal["mse", "smooth_l1"] | None = None
-    # codi (lori.recipes.codi): L = L_student + distill_weight * L_KD + teacher_weight * L_teacher
+    # codi (lori.training.recipes.codi): L = L_student + distill_weight * L_KD + teacher_weight * L_teacher
     distill_weight: float = 1.0          # CODI's beta (paper: 1 for GPT-2, 20 for LLaMA-1B)
     teacher_weight: float = 1.0          # CODI's gamma, weight of the teacher pass's CoT cross-entropy
     include_last_step: bool = False      # keep the CoT's last step in the teacher pass (CODI drops it)
-    # coconut (lori.recipes.coconut)
+    # coconut (lori.training.recipes.coconut)
     thoughts_per_step: int = 2           # c: continuous thoughts replacing one CoT step (paper: 2 on GSM8K)
     max_stage: int = 3                   # stages that replace steps; then all steps go (paper: 3)
     # coconut and icot_si
     steps_per_stage: int | None = None   # optimizer steps per stage (the papers' epochs; None = preset)
     reset_optimizer: bool = True         # reset AdamW at each schedule change (both papers)
-    # icot_si (lori.recipes.icot_si)
+    # icot_si (lori.training.recipes.icot_si)
     remove_per_stage: int = 8            # Delta: CoT tokens removed per stage (paper: 8 per epoch)
     removal_lambda: float | None = 4.0   # removal smoothing P(o) ~ exp(-lambda o) (paper: 4); None = off
     remove_all_beyond: int | None = None # remove all CoT once this many are scheduled (paper GSM8K: 39)
@@ -285,13 +285,13 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     log.info("student '%s': %.2fM parameters, K=%d, alpha=%g, gamma=%g, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.latent_steps, cfg.alpha, cfg.gamma, len(records), device)
     if cfg.method in RECIPES:
-        from lori import recipes
+        from lori.training import recipes
 
         recipe = recipes.build(cfg, student, tokenizer, records, device)
         loss_step, on_step = recipe.loss_step, recipe.on_step
     else:
         loss_step, on_step = make_loss_step(cfg, student, tokenizer, records, targets, factors, device), None
-    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
+    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path)
     rows = fit(student, loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
                ckpt=ckpt, run_id=run_id, dist_info=info, on_step=on_step)

@@ -40,9 +40,9 @@ import numpy as np
 
 import lori
 from lori.config import ConfigError, config_hash
-from lori.data import Record, check_training_records, read_records
-from lori.io import ArtifactError, atomic_path, open_store, read_array, zarr_put
-from lori.trajectory import ANCHOR_POSITIONS, check_disk_space, create_anchors, create_states
+from lori.data.records import Record, check_training_records, read_records
+from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array, zarr_put
+from lori.model.trajectory import ANCHOR_POSITIONS, check_disk_space, create_anchors, create_states
 
 log = logging.getLogger("lori.dump_hidden")
 
@@ -95,7 +95,7 @@ def calibration_records(cfg: DumpHiddenConfig, records_path: str) -> list[Record
 
 def inputs_id(teacher: str, records_path: str) -> str:
     """Identity (names, sizes, mtimes) of the dump's inputs: shard stores of other inputs are stale."""
-    from lori.train import fingerprint
+    from lori.training.loop import fingerprint
 
     return fingerprint(str(teacher), str(records_path))
 
@@ -109,10 +109,10 @@ def base_attrs(cfg: DumpHiddenConfig, teacher: str, records_path: str) -> dict:
 def dump_examples(cfg: DumpHiddenConfig, teacher: str, records_path: str, records: list[Record], lo: int, hi: int,
                   out: str, extra_attrs: dict | None = None) -> dict:
     """Dump examples ``records[lo:hi]`` to ``out`` (one process, or every rank of a torchrun job)."""
-    from lori.distributed import barrier, cleanup, init_distributed
-    from lori.lowrank import select_layers
-    from lori.models import load_checkpoint, setup_runtime
-    from lori.trajectory import write_trajectories
+    from lori.training.distributed import barrier, cleanup, init_distributed
+    from lori.lowrank.maths import select_layers
+    from lori.model.loading import load_checkpoint, setup_runtime
+    from lori.model.trajectory import write_trajectories
 
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)

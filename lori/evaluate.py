@@ -31,14 +31,14 @@ import torch
 
 import lori
 from lori.progress import tqdm   # tqdm that also writes lines into log files
-from lori.answers import extract, is_correct
+from lori.data.answers import extract, is_correct
 from lori.config import config_hash
-from lori.data import iter_batches, read_records
-from lori.generate import generate_cot
-from lori.io import atomic_write_text, write_json
-from lori.latent import LatentStudent
-from lori.models import load_checkpoint, setup_runtime
-from lori.sequences import student_batch
+from lori.data.records import iter_batches, read_records
+from lori.model.generate import generate_cot
+from lori.artifacts.store import atomic_write_text, write_json
+from lori.model.latent import LatentStudent
+from lori.model.loading import load_checkpoint, setup_runtime
+from lori.model.sequences import student_batch
 
 log = logging.getLogger("lori.evaluate")
 

@@ -1,7 +1,7 @@
 """Stage ``factorize``: mode-Gram factorization of the dumped teacher trajectories.
 
 Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``, ``offsets``) in streamed
-passes (:mod:`lori.factor_passes`: moments, Grams, optional HOOI refinement, per-example
+passes (:mod:`lori.lowrank.passes`: moments, Grams, optional HOOI refinement, per-example
 diagnostics; memory O(L^2 + d^2 + one chunk), whatever the number of tokens) and writes
 ``lowrank/factors.zarr``:
 
@@ -42,10 +42,10 @@ import numpy as np
 
 import lori
 from lori.config import ConfigError, config_hash
-from lori.factor_passes import (FactorState, finish, load_partial, load_state, merge_all, open_hidden,
+from lori.lowrank.passes import (FactorState, finish, load_partial, load_state, merge_all, open_hidden,
                                 pack, partial, plan, save_npz, save_state, shard_ranges)
-from lori.io import ArtifactError, atomic_path, open_store, read_array, zarr_put
-from lori.lowrank import Factors, energy_curve
+from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array, zarr_put
+from lori.lowrank.maths import Factors, energy_curve
 
 log = logging.getLogger("lori.factorize")
 

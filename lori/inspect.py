@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lori.factorize import FACTOR_ARRAYS
-from lori.io import ArtifactError, open_store, read_array
-from lori.lowrank import energy_curve
+from lori.artifacts.store import ArtifactError, open_store, read_array
+from lori.lowrank.maths import energy_curve
 
 # arrays each stage's store must hold (DESIGN.md §5); a store without a known stage is listed as is
 REQUIRED = {
@@ -178,7 +178,7 @@ def describe_file(path: Path) -> list[str]:
         first = json.loads(rows[0]) if rows else {}
         return [f"{head}: {len(rows)} rows", *[f"  {k}: {short(v)}" for k, v in first.items()]]
     if path.suffix == ".npz":
-        from lori.factor_passes import load_npz
+        from lori.lowrank.passes import load_npz
 
         arrays, meta = load_npz(path, "partial or state")
         return [f"{head}: factorize {meta.get('kind')} of pass {meta.get('step')!r}",

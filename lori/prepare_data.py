@@ -1,12 +1,12 @@
 """Stage ``prepare_data``: one dataset split -> ``results/<run>/data/<split>.jsonl``.
 
 Reads a dataset spec (``data.train`` or ``data.benchmarks.<name>`` of the config) and writes
-normalised records (:class:`lori.data.Record`, one JSON per line). One rule instance per
+normalised records (:class:`lori.data.records.Record`, one JSON per line). One rule instance per
 split, so editing one benchmark never invalidates the training data.
 
 Kinds: ``quickstart`` (generated), ``records`` (lori jsonl), the real benchmarks ``gsm8k``,
 ``gsm8k_aug``, ``gsm_hard``, ``svamp``, ``mult`` (``--path``: a local file as published or a
-hub name, :mod:`lori.datasets`) and ``mult_synth`` (``--n`` generated multiplication problems
+hub name, :mod:`lori.data.sources`) and ``mult_synth`` (``--n`` generated multiplication problems
 whose operand width comes from, and whose pairs are excluded from, ``--path``: a file or the
 folder of valid/test files).
 
@@ -24,9 +24,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from lori.data import read_records, write_records
-from lori.datasets import KINDS as FILE_KINDS, generate_mult, load_dataset
-from lori.quickstart import generate
+from lori.data.records import read_records, write_records
+from lori.data.sources import KINDS as FILE_KINDS, generate_mult, load_dataset
+from lori.data.generator import generate
 
 log = logging.getLogger("lori.prepare_data")
 

@@ -34,10 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lori.io import atomic_path, open_store, read_array, read_json
-from lori.lowrank import energy_curve
-from lori.published import BENCHES, PUBLISHED_TOKENS, published_table
-from lori.tables import ablation_table, methods_table, paper_table
+from lori.artifacts.store import atomic_path, open_store, read_array, read_json
+from lori.lowrank.maths import energy_curve
+from lori.analysis.published import BENCHES, PUBLISHED_TOKENS, published_table
+from lori.analysis.tables import ablation_table, methods_table, paper_table
 
 log = logging.getLogger("lori.report")
 
@@ -332,8 +332,8 @@ def thought_traces(students: Sequence[str], data: str, teacher_cot_paths: Sequen
     """``student name -> traces`` of the first ``n`` problems of ``data``, for latent students only."""
     import torch
 
-    from lori.data import read_records
-    from lori.latent import LatentStudent
+    from lori.data.records import read_records
+    from lori.model.latent import LatentStudent
     from lori.thoughts import teacher_cots, trace
 
     torch.set_num_threads(1)       # a few tiny forward passes; leave the cores to parallel jobs

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from lori.config import config_hash
-from lori.data import check_training_records, read_records
+from lori.data.records import check_training_records, read_records
 from lori.factorize import load_factors
-from lori.models import load_checkpoint, setup_runtime
-from lori.trajectory import check_factors_fit, write_trajectories
+from lori.model.loading import load_checkpoint, setup_runtime
+from lori.model.trajectory import check_factors_fit, write_trajectories
 
 log = logging.getLogger("lori.targets")
 

@@ -23,11 +23,11 @@ from typing import Literal, Sequence
 
 from lori.progress import tqdm   # tqdm that also writes lines into log files
 
-from lori.answers import extract, is_correct
-from lori.data import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records
-from lori.generate import generate_cot
-from lori.io import write_json
-from lori.models import load_checkpoint, setup_runtime
+from lori.data.answers import extract, is_correct
+from lori.data.records import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records
+from lori.model.generate import generate_cot
+from lori.artifacts.store import write_json
+from lori.model.loading import load_checkpoint, setup_runtime
 
 log = logging.getLogger("lori.teacher_cot")
 

@@ -5,7 +5,7 @@ layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built
 ``--scratch`` (LLaMA architecture, word-level tokenizer from the training data) when
 ``--name-or-path`` is none, else loaded from a hub name, local dir or ``.gguf`` file.
 While training, a resumable checkpoint ``<out>.ckpt/`` is written every
-``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.train`).
+``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.training.loop`).
 
 Standalone::
 
@@ -23,13 +23,13 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM
 
-from lori.data import DataError, check_training_records, read_records
-from lori.models import (build_scratch_model, build_word_tokenizer, enable_checkpointing, ensure_special_tokens,
+from lori.data.records import DataError, check_training_records, read_records
+from lori.model.loading import (build_scratch_model, build_word_tokenizer, enable_checkpointing, ensure_special_tokens,
                          load_pretrained, num_params, save_checkpoint, setup_runtime)
-from lori.sequences import teacher_batch, teacher_sequence
-from lori.distributed import cleanup, init_distributed, unsharded
-from lori.precision import to_device
-from lori.train import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
+from lori.model.sequences import teacher_batch, teacher_sequence
+from lori.training.distributed import cleanup, init_distributed, unsharded
+from lori.model.precision import to_device
+from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -97,7 +97,7 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
         flops = step_flops(params, batch["input_ids"].numel())   # training cost, for the report
         return {"loss": model(**batch).loss, "flops": torch.tensor(flops)}   # fit() runs this under bf16 autocast on GPU
 
-    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.train)
+    ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
                run_id=fingerprint(asdict(cfg), train), dist_info=info)
     model.eval()

@@ -32,9 +32,9 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from lori.answers import is_correct
-from lori.data import Record, read_records, split_steps
-from lori.io import ArtifactError
+from lori.data.answers import is_correct
+from lori.data.records import Record, read_records, split_steps
+from lori.artifacts.store import ArtifactError
 
 Ranked = list[tuple[str, float]]    # (token text, probability or cosine), best first
 
@@ -95,7 +95,7 @@ def top_tokens(tokenizer, scores: torch.Tensor, k: int) -> Ranked:
 @torch.no_grad()
 def decode_thoughts(student, tokenizer, question: str, top_k: int = 5, all_layers: bool = False) -> list[Thought]:
     """Each of the student's K thoughts for ``question``, read by the logit lens and by nearest embeddings."""
-    from lori.sequences import student_prompt
+    from lori.model.sequences import student_prompt
 
     if student.latent_steps == 0:
         raise ArtifactError("this student has no latent thoughts (latent_steps = 0, e.g. no_cot)")
@@ -122,7 +122,7 @@ def decode_thoughts(student, tokenizer, question: str, top_k: int = 5, all_layer
 def trace(student, tokenizer, record: Record, top_k: int = 5, all_layers: bool = False,
           teacher_cot: tuple[str, str] | None = None, max_new_tokens: int = 32) -> ThoughtTrace:
     """Thoughts, the student's greedy answer and the teacher's CoT for one problem."""
-    from lori.sequences import student_batch
+    from lori.model.sequences import student_batch
 
     device = next(student.model.parameters()).device
     thoughts = decode_thoughts(student, tokenizer, record.question, top_k, all_layers)
@@ -181,7 +181,7 @@ def teacher_cot_files(run: Path, split: str) -> list[Path]:
 
 def trace_run(run: Path, method: str, example_id: str, bench: str | None = None, top_k: int = 5,
               all_layers: bool = False, threads: int = 1) -> ThoughtTrace:
-    from lori.latent import LatentStudent
+    from lori.model.latent import LatentStudent
 
     torch.set_num_threads(threads)
     record, split = find_record(run, example_id, bench)

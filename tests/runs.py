@@ -21,11 +21,11 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
     import torch
 
     from lori import factorize
-    from lori.data import BOT, EOT, write_records
+    from lori.data.records import BOT, EOT, write_records
     from lori.evaluate import summarize
-    from lori.latent import LatentStudent
-    from lori.models import build_scratch_model, build_word_tokenizer
-    from lori.quickstart import generate
+    from lori.model.latent import LatentStudent
+    from lori.model.loading import build_scratch_model, build_word_tokenizer
+    from lori.data.generator import generate
     from tests.test_factorize import write_hidden
 
     torch.manual_seed(seed)

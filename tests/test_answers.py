@@ -1,9 +1,9 @@
-"""Tests for lori.answers: answer extraction, numeric parsing and scoring."""
+"""Tests for lori.data.answers: answer extraction, numeric parsing and scoring."""
 from __future__ import annotations
 
 import pytest
 
-from lori.answers import extract, is_correct, to_number
+from lori.data.answers import extract, is_correct, to_number
 
 EXTRACT_CASES = [
     # --- #### (GSM8K / GSM8K-Aug) ---

@@ -51,7 +51,7 @@ def copy(src: str, tmp: Path, name: str | None = None) -> Path:
 
 
 def rewrite_array(store: Path, name: str, data: np.ndarray, dims: list[str]) -> None:
-    from lori.io import zarr_put
+    from lori.artifacts.store import zarr_put
 
     g = zarr.open_group(str(store), mode="a")
     attrs = dict(g[name].attrs)
@@ -94,7 +94,7 @@ def foreign_projection(good: dict, tmp: Path) -> Path:
     """A student dir whose projection was trained for hidden size 48 (another architecture)."""
     from safetensors.torch import save_file
 
-    from lori.latent import Projection
+    from lori.model.latent import Projection
 
     ckpt = copy(good["teacher"], tmp, "student")
     (ckpt / "latent.json").write_text(json.dumps({"latent_steps": 2}))

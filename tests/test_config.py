@@ -16,7 +16,7 @@ from lori.factorize import FactorizeConfig
 from lori.report import ReportConfig
 from lori.targets import TargetsConfig
 from lori.teacher_cot import TeacherCoTConfig
-from lori.train import OptimConfig
+from lori.training.loop import OptimConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for lori.data: the GSM8K-Aug line parser and the JSON-lines record store."""
+"""Tests for lori.data.records: the GSM8K-Aug line parser and the JSON-lines record store."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lori.data import (DataError, Record, cot_text, iter_batches, parse_aug_line, prompt_text, read_records,
+from lori.data.records import (DataError, Record, cot_text, iter_batches, parse_aug_line, prompt_text, read_records,
                        split_steps, write_records)
-from lori.datasets import load_dataset
+from lori.data.sources import load_dataset
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 AUG = DATASETS / "gsm8k_aug"

@@ -1,4 +1,4 @@
-"""lori.datasets: every real file in ../shared/datasets (counts from its README), malformed
+"""lori.data.sources: every real file in ../shared/datasets (counts from its README), malformed
 records, hub names offline, and the multiplication generator. Nothing downloads."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lori import prepare_data
-from lori.answers import is_correct
-from lori.data import DataError, read_records
-from lori.datasets import (digits_value, generate_mult, is_local, load_dataset, mult_line, mult_pairs, number_text,
+from lori.data.answers import is_correct
+from lori.data.records import DataError, read_records
+from lori.data.sources import (digits_value, generate_mult, is_local, load_dataset, mult_line, mult_pairs, number_text,
                            parse_hub_spec, svamp_equation)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"

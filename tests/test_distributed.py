@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lori import prepare_data
-from lori.distributed import DistInfo, rank_slice
+from lori.training.distributed import DistInfo, rank_slice
 from tests.tiny import TINY
 
 
@@ -27,7 +27,7 @@ def test_rank_slices_cover_the_batch_once():
 def _average_on_rank(rank: int, world: int, rdzv: str, x, y, out):
     import torch.distributed as dist
 
-    from lori.distributed import average_gradients
+    from lori.training.distributed import average_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def _assert_adam_close(single: dict, sharded: dict) -> None:
 
 
 def test_fsdp_teacher_sft_matches_one_process_and_saves_hf_layout(trained):
-    from lori.models import load_checkpoint
+    from lori.model.loading import load_checkpoint
 
     args = ["--train", str(trained / "train.jsonl"), "--scratch", TINY, "--steps", "3", "--batch-size", "8",
             "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu", "--threads", "1", "--parallel", "fsdp"]

@@ -13,7 +13,7 @@ import zarr
 
 from lori import dump_hidden, prepare_data, teacher_sft
 from lori.dump_hidden import batch_range
-from lori.io import ArtifactError
+from lori.artifacts.store import ArtifactError
 from tests.tiny import RUNTIME, TINY
 
 N, BATCH = 20, 6      # 4 batches: 6, 6, 6, 2

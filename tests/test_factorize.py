@@ -11,10 +11,10 @@ from scipy.linalg import subspace_angles
 
 from lori import factorize
 from lori.config import parse_stage_args
-from lori.factor_passes import plan, shard_ranges
+from lori.lowrank.passes import plan, shard_ranges
 from lori.factorize import FactorizeConfig
-from lori.io import ArtifactError, zarr_create, zarr_put
-from lori.lowrank import effective_rank
+from lori.artifacts.store import ArtifactError, zarr_create, zarr_put
+from lori.lowrank.maths import effective_rank
 
 L, D = 5, 12
 

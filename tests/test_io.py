@@ -1,4 +1,4 @@
-"""Tests for lori.io: atomic outputs and self-describing Zarr stores."""
+"""Tests for lori.artifacts.store: atomic outputs and self-describing Zarr stores."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from lori.io import (ArtifactError, atomic_path, atomic_write_text, group_attrs, open_store, read_array, read_json,
+from lori.artifacts.store import (ArtifactError, atomic_path, atomic_write_text, group_attrs, open_store, read_array, read_json,
                      write_json, zarr_create, zarr_put)
 
 

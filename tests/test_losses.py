@@ -1,11 +1,11 @@
-"""Tests for lori.losses: trajectory moments, the reason loss and anchor losses."""
+"""Tests for lori.training.losses: trajectory moments, the reason loss and anchor losses."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from lori.losses import anchor_loss, moments, reason_loss, trajectory_moments
+from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
 
 RL, RD = 2, 3
 

@@ -1,4 +1,4 @@
-"""Tests for lori.lowrank: streamed mode Grams vs exact unfoldings, ranks, projection."""
+"""Tests for lori.lowrank.maths: streamed mode Grams vs exact unfoldings, ranks, projection."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.linalg import subspace_angles
 
-from lori.lowrank import (Factors, GramAccumulator, MomentAccumulator, choose_rank, eig_desc, energy_curve,
+from lori.lowrank.maths import (Factors, GramAccumulator, MomentAccumulator, choose_rank, eig_desc, energy_curve,
                           select_layers)
 
 T, L, D = 500, 5, 12
@@ -223,7 +223,7 @@ def test_select_layers_bad(spec, n, fragment):
 
 
 def test_example_diagnostics_batches_equal_one_by_one():
-    from lori.lowrank import ExampleDiagnostics, effective_rank
+    from lori.lowrank.maths import ExampleDiagnostics, effective_rank
 
     rng = np.random.default_rng(7)
     lengths = [3, 0, 0, 7, 1, 12, 0, 5]

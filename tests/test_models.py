@@ -1,4 +1,4 @@
-"""lori.models with pretrained-style checkpoints: tiny from-config GPT-2, LLaMA and Qwen2 models
+"""lori.model.loading with pretrained-style checkpoints: tiny from-config GPT-2, LLaMA and Qwen2 models
 (random weights, saved with save_pretrained) load by path, get <bot>/<eot>, fine-tune a step and
 run a latent student; the base_model conversion; offline errors. A slow test does the same
 path with the real SmolLM2-135M GGUF and real GSM8K-Aug problems. Nothing downloads."""
@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from lori import convert_model, dump_hidden, factorize, prepare_data, targets
-from lori.data import BOT, EOT, Record, write_records
-from lori.io import ArtifactError
-from lori.latent import LatentStudent
-from lori.models import ensure_special_tokens, load_checkpoint, load_pretrained, package_gguf
-from lori.sequences import student_batch
+from lori.data.records import BOT, EOT, Record, write_records
+from lori.artifacts.store import ArtifactError
+from lori.model.latent import LatentStudent
+from lori.model.loading import ensure_special_tokens, load_checkpoint, load_pretrained, package_gguf
+from lori.model.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig, run as teacher_sft_run
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -161,7 +161,7 @@ def test_smollm2_gguf_generates_and_gives_real_spectra(tmp_path):
     timings["load converted"] = time.perf_counter() - t
     assert type(model).__name__ == "LlamaForCausalLM"
     assert (model.config.num_hidden_layers, model.config.hidden_size, len(tokenizer)) == (30, 576, 49152)
-    from lori.generate import generate_cot
+    from lori.model.generate import generate_cot
 
     t = time.perf_counter()
     gens = generate_cot(model.eval(), tokenizer, ["What is 12 plus 30?", "Tom has 3 apples and buys 4 more."], 8,

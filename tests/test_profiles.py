@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lori.config import ROOT, load_config, to_flags
-from lori.datasets import is_local
+from lori.data.sources import is_local
 from lori.prepare_data import PrepareDataConfig
 
 CONFIGS = sorted((ROOT / "config").rglob("*.yaml"))

@@ -1,14 +1,14 @@
-"""Prompts are built in one place (lori.sequences.prompt_ids), plain or with a chat template,
+"""Prompts are built in one place (lori.model.sequences.prompt_ids), plain or with a chat template,
 and the choice travels with every checkpoint."""
 from __future__ import annotations
 
 import pytest
 
 from lori.config import ConfigError, parse_stage_args
-from lori.data import Record, prompt_text
-from lori.latent import LatentStudent
-from lori.models import build_scratch_model, build_word_tokenizer, load_checkpoint, save_checkpoint
-from lori.sequences import bos, encode, prompt_ids, student_batch, teacher_sequence
+from lori.data.records import Record, prompt_text
+from lori.model.latent import LatentStudent
+from lori.model.loading import build_scratch_model, build_word_tokenizer, load_checkpoint, save_checkpoint
+from lori.model.sequences import bos, encode, prompt_ids, student_batch, teacher_sequence
 from lori.teacher_sft import TeacherSFTConfig
 
 TEMPLATE = ("{% for m in messages %}user : {{ m['content'] }}{% endfor %}"

@@ -1,4 +1,4 @@
-"""Tests for lori.quickstart: the seeded arithmetic word-problem generator."""
+"""Tests for lori.data.generator: the seeded arithmetic word-problem generator."""
 from __future__ import annotations
 
 import operator
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from lori.data import parse_aug_line
-from lori.quickstart import generate, generate_problem
+from lori.data.records import parse_aug_line
+from lori.data.generator import generate, generate_problem
 
 STEP = re.compile(r"^<<(\d+)([+\-*])(\d+)=(\d+)>>$")
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}

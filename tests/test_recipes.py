@@ -11,12 +11,12 @@ import torch
 from torch.nn import functional as F
 
 from lori import distill, evaluate, prepare_data, teacher_sft
-from lori.data import ANSWER_SEP, EOT, Record, cot_text, read_records
+from lori.data.records import ANSWER_SEP, EOT, Record, cot_text, read_records
 from lori.distill import DistillConfig
-from lori.latent import LatentStudent
-from lori.losses import normalized_smooth_l1
-from lori.recipes import coconut, codi, icot_si
-from lori.sequences import drop_cot_tokens, encode, student_batch, teacher_batch, teacher_sequence
+from lori.model.latent import LatentStudent
+from lori.training.losses import normalized_smooth_l1
+from lori.training.recipes import coconut, codi, icot_si
+from lori.model.sequences import drop_cot_tokens, encode, student_batch, teacher_batch, teacher_sequence
 from tests.tiny import RUNTIME, TINY
 
 
@@ -238,7 +238,7 @@ def test_recipes_refuse_records_without_cot(tiny, tmp_path):
     bare = tmp_path / "bare.jsonl"
     bare.write_text("".join(json.dumps({"id": f"b{i}", "question": "q", "steps": [], "answer": "3"}) + "\n"
                             for i in range(8)))
-    from lori.data import DataError
+    from lori.data.records import DataError
 
     for method in ("codi", "coconut", "icot_si"):
         with pytest.raises(DataError, match="empty chain of thought"):
@@ -306,7 +306,7 @@ def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeyp
     step, so a run stopped after its step-3 checkpoint and rerun ends bitwise where a straight run does."""
     from safetensors.torch import load_file
 
-    from lori import recipes
+    from lori.training import recipes
 
     args = ["--method", method, "--teacher", tiny["teacher"], "--records", tiny["train"], "--steps", "6",
             "--batch-size", "4", "--checkpoint-every", "3", *extra, *RUNTIME]

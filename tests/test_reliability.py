@@ -106,7 +106,7 @@ def test_dump_hidden_killed_mid_write_then_rerun_equals_uninterrupted(run):
             "--batch-size", "1", *RUNTIME]
     dump_hidden.main([*args, "--out", str(d / "straight.zarr")])
     out = d / "killed.zarr"
-    tmp_of = lambda pid: d / f".killed.zarr.tmp-{pid}"  # noqa: E731 - lori.io.atomic_path's temporary sibling
+    tmp_of = lambda pid: d / f".killed.zarr.tmp-{pid}"  # noqa: E731 - lori.artifacts.store.atomic_path's temporary sibling
     kill_when(["lori.dump_hidden", *args, "--out", str(out)], lambda pid: (tmp_of(pid) / "states").exists())
     assert not out.exists()
     dump_hidden.main([*args, "--out", str(out)])
@@ -188,7 +188,7 @@ def test_statistics_are_finite_for_short_and_constant_trajectories(n):
     gives zero rows; the loss and its gradients stay finite, also against an all-zero teacher."""
     import torch
 
-    from lori.losses import moments, reason_loss, trajectory_moments
+    from lori.training.losses import moments, reason_loss, trajectory_moments
 
     core = torch.randn(3, n, 2, 4)
     core[..., 0, 0] = 1.5                                          # a zero-variance mode

@@ -10,14 +10,14 @@ from safetensors.torch import load_file
 
 from lori import prepare_data, teacher_sft
 from lori.config import DEFAULT_CONFIG, load_schema, parse_stage_args, validate_config
-from lori.data import BOT, EOT, read_records
+from lori.data.records import BOT, EOT, read_records
 from lori.distill import DistillConfig
-from lori.latent import LatentStudent
-from lori.models import build_scratch_model, build_word_tokenizer, enable_checkpointing
-from lori.sequences import student_batch
+from lori.model.latent import LatentStudent
+from lori.model.loading import build_scratch_model, build_word_tokenizer, enable_checkpointing
+from lori.model.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig
-from lori.train import OptimConfig, hf_models, prepare_module
-from lori.distributed import DistInfo
+from lori.training.loop import OptimConfig, hf_models, prepare_module
+from lori.training.distributed import DistInfo
 from tests.tiny import RUNTIME, TINY
 
 

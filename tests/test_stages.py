@@ -10,9 +10,9 @@ import torch
 import zarr
 
 from lori import dump_hidden, distill, evaluate, factorize, prepare_data, report, targets, teacher_cot, teacher_sft
-from lori.data import read_records
+from lori.data.records import read_records
 from lori.factorize import load_factors
-from lori.latent import LatentStudent
+from lori.model.latent import LatentStudent
 from tests.tiny import TINY, RUNTIME
 
 
@@ -141,7 +141,7 @@ def test_evaluation_outputs(pipeline):
 
 def test_own_thoughts_given_back_reproduce_generation(pipeline):
     """Feeding a student its own thoughts changes nothing; another problem's thoughts change the states."""
-    from lori.sequences import student_batch
+    from lori.model.sequences import student_batch
 
     student, tokenizer = LatentStudent.load(pipeline["lori"])
     records = read_records(pipeline["test"])[:4]
@@ -220,7 +220,7 @@ def test_bad_data_line_names_file_and_line(tmp_path, capsys):
 
 def test_training_metrics_carry_flops(pipeline):
     """Teacher and students log 6 x params x positions per step; the report's cost columns use them."""
-    from lori.models import load_checkpoint, num_params
+    from lori.model.loading import load_checkpoint, num_params
 
     model, _ = load_checkpoint(pipeline["teacher"])
     for key in ("tmetrics", "lori_metrics", "no_cot_metrics"):

@@ -1,10 +1,10 @@
-"""The report's comparison tables (lori.tables): seeds grouped, pooled CIs, cost, ablations."""
+"""The report's comparison tables (lori.analysis.tables): seeds grouped, pooled CIs, cost, ablations."""
 from __future__ import annotations
 
 import pytest
 
 from lori.evaluate import wilson_interval
-from lori.tables import ablation_table, methods_table, paper_table, training_cost
+from lori.analysis.tables import ablation_table, methods_table, paper_table, training_cost
 
 
 def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int | None = None) -> dict:
@@ -76,7 +76,7 @@ def test_paper_table_is_method_by_benchmark_in_paper_order():
 
 
 def test_published_table_cites_every_number():
-    from lori.published import PUBLISHED, published_table
+    from lori.analysis.published import PUBLISHED, published_table
     header, rows = published_table()
     assert header[:2] == ["base model", "method"] and header[-1] == "source"
     assert len(rows) == len(PUBLISHED)

@@ -6,8 +6,8 @@ import json
 import torch
 
 from lori import teacher_cot
-from lori.data import Record, read_records, write_records
-from lori.generate import Generation
+from lori.data.records import Record, read_records, write_records
+from lori.model.generate import Generation
 
 SCRIPT = {  # (question, round) -> generated text; round 1 is greedy, round k+1 is sample k
     ("q1", 1): " <<1+1=2>> #### 2",
@@ -48,7 +48,7 @@ def test_samples_keep_the_first_correct_rationale(tmp_path, monkeypatch):
 
 
 def test_sampling_decoder_draws_from_the_softmax():
-    from lori.generate import greedy_continue
+    from lori.model.generate import greedy_continue
 
     class Fixed(torch.nn.Module):   # always the same logits: greedy picks token 1, sampling spreads out
         def forward(self, **kwargs):

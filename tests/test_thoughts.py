@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lori.__main__ import main as lori_main
-from lori.data import read_records
-from lori.latent import LatentStudent
-from lori.sequences import student_prompt
+from lori.data.records import read_records
+from lori.model.latent import LatentStudent
+from lori.model.sequences import student_prompt
 from lori.thoughts import decode_thoughts, logit_lens, main, trace_run
 
 from tests.runs import make_run

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from lori.train import NonFiniteLoss, OptimConfig, checkpoint_dir, fingerprint, fit
+from lori.training.loop import NonFiniteLoss, OptimConfig, checkpoint_dir, fingerprint, fit
 
 
 class Killed(RuntimeError):
@@ -64,7 +64,7 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path, caplog):
         fit(model, lambda i: step_fn(i, kill_at=5), 40, CFG, seed=3, ckpt=tmp_path / "c.ckpt", run_id="old")
     model, step_fn = make_problem()
     steps = []
-    with caplog.at_level(logging.WARNING, logger="lori.train"):
+    with caplog.at_level(logging.WARNING, logger="lori.training.loop"):
         fit(model, lambda i: steps.append(i) or step_fn(i), 40, CFG, seed=3, ckpt=tmp_path / "c.ckpt", run_id="new")
     assert "another run" in caplog.text and len(steps) == CFG.steps   # started over from step 0
 
@@ -75,7 +75,7 @@ def test_unreadable_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
         fit(model, lambda i: step_fn(i, kill_at=5), 40, CFG, seed=3, ckpt=tmp_path / "d.ckpt", run_id="r")
     (tmp_path / "d.ckpt" / "state.pt").write_bytes(b"garbage")
     model, step_fn = make_problem()
-    with caplog.at_level(logging.WARNING, logger="lori.train"):
+    with caplog.at_level(logging.WARNING, logger="lori.training.loop"):
         fit(model, step_fn, 40, CFG, seed=3, ckpt=tmp_path / "d.ckpt", run_id="r")
     assert "unreadable checkpoint" in caplog.text
 

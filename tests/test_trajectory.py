@@ -6,8 +6,8 @@ from collections import namedtuple
 
 import pytest
 
-from lori.io import ArtifactError
-from lori.trajectory import check_disk_space
+from lori.artifacts.store import ArtifactError
+from lori.model.trajectory import check_disk_space
 
 Usage = namedtuple("Usage", "total used free")
 

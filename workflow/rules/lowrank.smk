@@ -1,4 +1,4 @@
-from lori.factor_passes import plan as factorize_plan
+from lori.lowrank.passes import plan as factorize_plan
 from lori.factorize import FactorizeConfig
 
 
@@ -80,7 +80,7 @@ else:
 
 
 # factorize: one job (shards: 1), or for large dumps a scatter/gather per streamed pass of the
-# plan (lori.factor_passes.plan: moments, grams, hooi1.., diagnostics). Each pass runs one
+# plan (lori.lowrank.passes.plan: moments, grams, hooi1.., diagnostics). Each pass runs one
 # `partial` job per token-range shard and one `gather` summing them into the next state; the
 # gather of the last pass writes the factors store, so downstream rules see the same output.
 FACTORIZE_STEPS = factorize_plan(FactorizeConfig(**config["factorize"]))

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from lori.data import ANSWER_SEP, BOT, EOT, Record
-from lori.models import num_params
-from lori.recipes import Recipe
-from lori.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
-from lori.train import step_flops
+from lori.data.records import ANSWER_SEP, BOT, EOT, Record
+from lori.model.loading import num_params
+from lori.training.recipes import Recipe
+from lori.model.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
+from lori.training.loop import step_flops
 
 
 def stage_at(step: int, steps_per_stage: int, max_stage: int) -> int:

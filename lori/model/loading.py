@@ -20,9 +20,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from lori.data import BOT, EOT
+from lori.data.records import BOT, EOT
 from lori.hub import apply_offline_default, offline_hint
-from lori.io import ArtifactError, atomic_path
+from lori.artifacts.store import ArtifactError, atomic_path
 
 apply_offline_default()
 PACKAGE_PREFIX = "pkg:"

@@ -9,13 +9,13 @@ Each step is +, - or *k (k = 2..5) and every intermediate value stays in [0, max
 so a tiny model can learn it with CoT in minutes on a CPU while answering without CoT is
 clearly harder (multiplication of a running total is hard to do "in the head"; with +/-
 only, No-CoT gets much easier). Problems are written as GSM8K-Aug lines and parsed back by
-:func:`lori.data.parse_aug_line`, so the quickstart exercises the real-data parser.
+:func:`lori.data.records.parse_aug_line`, so the quickstart exercises the real-data parser.
 """
 from __future__ import annotations
 
 import random
 
-from lori.data import Record, parse_aug_line
+from lori.data.records import Record, parse_aug_line
 
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Ben", "Eva", "Max", "Ivy", "Dan", "Amy"]
 ITEMS = ["apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps", "toys", "rocks"]

@@ -31,8 +31,8 @@ import numpy as np
 from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 from lori.config import ConfigError
-from lori.io import ArtifactError, atomic_path, open_store, read_array
-from lori.lowrank import (ExampleDiagnostics, GramAccumulator, MomentAccumulator, ProjectedGramAccumulator,
+from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array
+from lori.lowrank.maths import (ExampleDiagnostics, GramAccumulator, MomentAccumulator, ProjectedGramAccumulator,
                           choose_rank, eig_desc, relative_error)
 
 if TYPE_CHECKING:

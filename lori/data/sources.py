@@ -1,6 +1,6 @@
 """Real benchmark loaders: GSM8K, GSM8K-Aug, GSM-Hard, SVAMP and multi-digit multiplication.
 
-Every loader returns :class:`lori.data.Record` s (id, question, steps, answer, source) from
+Every loader returns :class:`lori.data.records.Record` s (id, question, steps, answer, source) from
 either a **local file** in its published format or a **Hugging Face hub name**:
 
 | kind | local file (as published) | hub name (community copy) | steps |
@@ -20,7 +20,7 @@ Ids keep the source's own id: SVAMP's ``ID`` (``chal-1``), otherwise the 0-based
 files, JSON lines) or row (JSON arrays, parquet, hub) index, after a per-split prefix.
 Answers are normalised numbers (``1,000`` -> ``1000``, ``3431580.0`` -> ``3431580``);
 multiplication answers stay digit strings (``7 8 0 3``). A malformed record raises
-:class:`lori.data.DataError` naming the file and line (or row).
+:class:`lori.data.records.DataError` naming the file and line (or row).
 
 ``mult_synth`` generates multiplication training data in the published format
 (:func:`generate_mult`), excluding the pairs of given valid/test files: the real train
@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from lori.data import COT_SEP, ANSWER_SEP, DataError, Record, parse_aug_line, split_steps
+from lori.data.records import COT_SEP, ANSWER_SEP, DataError, Record, parse_aug_line, split_steps
 from lori.hub import apply_offline_default, offline_hint
 
 apply_offline_default()

@@ -89,7 +89,7 @@ def split_steps(cot: str) -> list[str]:
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
-    from lori.io import atomic_write_text
+    from lori.artifacts.store import atomic_write_text
 
     lines = [r.to_json() for r in records]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
@@ -142,7 +142,7 @@ def check_training_records(records: list[Record], path: str | Path, need_cot: bo
     offenders in one error; a few empty CoTs are only logged."""
     import logging
 
-    from lori.answers import extract
+    from lori.data.answers import extract
 
     if not records:
         raise DataError(f"{path}: no records to train on")
@@ -152,7 +152,7 @@ def check_training_records(records: list[Record], path: str | Path, need_cot: bo
         problems.append(f"{len(no_cot)} of {len(records)} record(s) have an empty chain of thought ('steps'), "
                         f"e.g. ids {no_cot[:3]}; explicit-CoT data expected")
     elif no_cot:
-        logging.getLogger("lori.data").warning("%s: %d of %d records have an empty chain of thought (kept)",
+        logging.getLogger("lori.data.records").warning("%s: %d of %d records have an empty chain of thought (kept)",
                                                path, len(no_cot), len(records))
     bad = [(r.id, r.answer) for r in records if extract(r.answer) is None]
     if bad:

@@ -17,14 +17,14 @@ import torch
 from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
-from lori.data import Record, iter_batches
-from lori.io import ArtifactError, atomic_path, zarr_create, zarr_put
-from lori.lowrank import Factors
-from lori.precision import autocast_context
-from lori.sequences import TeacherSequence, teacher_batch, teacher_sequence
+from lori.data.records import Record, iter_batches
+from lori.artifacts.store import ArtifactError, atomic_path, zarr_create, zarr_put
+from lori.lowrank.maths import Factors
+from lori.model.precision import autocast_context
+from lori.model.sequences import TeacherSequence, teacher_batch, teacher_sequence
 
 ANCHOR_POSITIONS = ["answer_start"]
-log = logging.getLogger("lori.trajectory")
+log = logging.getLogger("lori.model.trajectory")
 
 
 def check_factors_fit(factors: Factors, factors_path: str | Path, model_config, model_path: str | Path) -> None:

@@ -21,10 +21,10 @@ import math
 
 import torch
 
-from lori.models import num_params
-from lori.recipes import Recipe
-from lori.sequences import drop_cot_tokens, teacher_batch, teacher_sequence
-from lori.train import step_flops
+from lori.model.loading import num_params
+from lori.training.recipes import Recipe
+from lori.model.sequences import drop_cot_tokens, teacher_batch, teacher_sequence
+from lori.training.loop import step_flops
 
 MAX_OFFSET = 100   # the reference code's support of the smoothing offset
 

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lori.data import BOT, EOT
-from lori.generate import Generation, forward_cached, greedy_continue, position_ids
-from lori.io import ArtifactError
-from lori.sequences import StudentBatch
+from lori.data.records import BOT, EOT
+from lori.model.generate import Generation, forward_cached, greedy_continue, position_ids
+from lori.artifacts.store import ArtifactError
+from lori.model.sequences import StudentBatch
 
 
 class Projection(nn.Module):
@@ -136,7 +136,7 @@ class LatentStudent(nn.Module):
         """Greedy answers: thoughts, then the forced ``<eot> ####``, then decode to <eos>.
 
         ``thought_inputs`` [B, K, d] overrides the thoughts (see :meth:`thought_inputs`).
-        Runs in the model's dtype without autocast (see :func:`lori.generate.generate_cot`)."""
+        Runs in the model's dtype without autocast (see :func:`lori.model.generate.generate_cot`)."""
         start = time.perf_counter()
         past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None, thought_inputs)
         head = batch.suffix_ids[:, : batch.answer_start]
@@ -151,7 +151,7 @@ class LatentStudent(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
-        from lori.models import save_checkpoint
+        from lori.model.loading import save_checkpoint
 
         meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
         files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
@@ -162,7 +162,7 @@ class LatentStudent(nn.Module):
     def load(cls, path: str | Path):
         from safetensors.torch import load_file
 
-        from lori.models import load_checkpoint
+        from lori.model.loading import load_checkpoint
 
         path = Path(path)
         model, tokenizer = load_checkpoint(path)

@@ -31,11 +31,11 @@ from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
 from lori.config import config_hash
-from lori.io import atomic_path, atomic_write_text
-from lori.distributed import PARALLEL, DistInfo, all_finite, average_gradients, barrier, is_fsdp, rank_slice, shard_fsdp
-from lori.precision import autocast_context, params_device
+from lori.artifacts.store import atomic_path, atomic_write_text
+from lori.training.distributed import PARALLEL, DistInfo, all_finite, average_gradients, barrier, is_fsdp, rank_slice, shard_fsdp
+from lori.model.precision import autocast_context, params_device
 
-log = logging.getLogger("lori.train")
+log = logging.getLogger("lori.training.loop")
 
 
 @dataclass
@@ -241,9 +241,9 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     the loss on its slice, and gradients are averaged across ranks before the step (data
     parallelism; identical in expectation to one device). Only rank 0 writes metrics and
     checkpoints; a non-finite loss on any rank stops every rank. ``cfg.parallel == "fsdp"``
-    shards ``module`` in place first (:func:`lori.distributed.shard_fsdp`; no resumable
+    shards ``module`` in place first (:func:`lori.training.distributed.shard_fsdp`; no resumable
     checkpoints then) and ``cfg.compile`` compiles its HF model(s) in place; the caller saves
-    through :func:`lori.distributed.unsharded`.
+    through :func:`lori.training.distributed.unsharded`.
     """
     info = dist_info or DistInfo()
     if info.enabled and cfg.batch_size % info.world_size:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.sequences import pad_left, prompt_ids
+from lori.model.sequences import pad_left, prompt_ids
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from lori.losses import normalized_smooth_l1
-from lori.models import num_params
-from lori.recipes import Recipe
-from lori.sequences import student_batch, teacher_batch, teacher_sequence
-from lori.train import step_flops
+from lori.training.losses import normalized_smooth_l1
+from lori.model.loading import num_params
+from lori.training.recipes import Recipe
+from lori.model.sequences import student_batch, teacher_batch, teacher_sequence
+from lori.training.loop import step_flops
 
 
 def teacher_steps(steps: list[str], include_last_step: bool) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("lori.distributed")
+log = logging.getLogger("lori.training.distributed")
 PARALLEL = ("ddp", "fsdp")
 
 

@@ -1,4 +1,4 @@
-"""Token sequences and padded batches for every method (see :mod:`lori.data` for layouts).
+"""Token sequences and padded batches for every method (see :mod:`lori.data.records` for layouts).
 
 Teacher sequences are right-padded (teacher forcing); student prompts are left-padded so
 that every row appends its latent thoughts at the same column, with position ids
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.data import ANSWER_SEP, BOT, EOT, Record, cot_text, prompt_text
+from lori.data.records import ANSWER_SEP, BOT, EOT, Record, cot_text, prompt_text
 
 IGNORE = -100
 
@@ -24,7 +24,7 @@ def bos(tokenizer) -> list[int]:
 
 
 def prompt_mode(tokenizer) -> str:
-    """``plain`` or ``chat``; set by teacher_sft and stored with every checkpoint (lori.models)."""
+    """``plain`` or ``chat``; set by teacher_sft and stored with every checkpoint (lori.model.loading)."""
     return getattr(tokenizer, "lori_prompt", "plain")
 
 
@@ -108,7 +108,7 @@ class StudentBatch:
     index: torch.Tensor          # [B] dataset row of each example
 
     def to(self, device) -> "StudentBatch":
-        from lori.precision import to_device   # pinned + non-blocking on CUDA
+        from lori.model.precision import to_device   # pinned + non-blocking on CUDA
 
         return StudentBatch(to_device(self.prompt_ids, device), to_device(self.prompt_mask, device),
                             to_device(self.suffix_ids, device), to_device(self.suffix_mask, device),
