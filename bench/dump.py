@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import device_name, run_parser, setup, sync
 
 from lori.data.records import iter_batches, read_records
+from lori.dump_hidden import dump_trajectories as write_trajectories
 from lori.lowrank.maths import select_layers
 from lori.model.loading import load_checkpoint
 from lori.model.sequences import teacher_batch, teacher_sequence
-from lori.model.trajectory import write_trajectories
-
-from benchlib import device_name, run_parser, setup, sync
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Stage ``dump_hidden``: full-resolution teacher states of a calibration set -> Zarr.
 
 Reads the teacher checkpoint and ``teacher_cot/train.jsonl`` (the first
-``--calibration-size`` examples); writes ``hidden/calib.zarr`` (DESIGN.md §5):
+``--calibration-size`` examples); writes ``hidden/calib.zarr``, the hidden store
+(:mod:`lori.artifacts.hidden`, docs/artifacts.md):
 
 - ``states``  float16 ``[token, layer, hidden]`` — CoT-token states, examples concatenated
 - ``offsets`` int64 ``[example+1]`` — example i owns ``states[offsets[i]:offsets[i+1]]``
@@ -31,23 +32,24 @@ concatenates them into ``--out`` the same way and removes them.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-import lori
+from lori.artifacts import hidden
+from lori.artifacts.store import ArtifactError, index_summary
+from lori.cli import stage_main, stage_summary
 from lori.config import ConfigError, config_hash
 from lori.data.records import Record, check_training_records, read_records
-from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array, zarr_put
-from lori.model.trajectory import ANCHOR_POSITIONS, check_disk_space, create_anchors, create_states
+from lori.lowrank.maths import select_layers
+from lori.model.loading import load_checkpoint, setup_runtime
+from lori.model.trajectory import teacher_sequences, teacher_states
+from lori.training.distributed import barrier, cleanup, init_distributed
+from lori.training.loop import fingerprint
 
 log = logging.getLogger("lori.dump_hidden")
-
-HIDDEN_ARRAYS = ("states", "offsets", "anchors", "example_id")
-SHARD_ATTRS = ("shard", "num_shards", "example_range", "inputs")   # on shard stores only
 
 
 @dataclass
@@ -95,25 +97,29 @@ def calibration_records(cfg: DumpHiddenConfig, records_path: str) -> list[Record
 
 def inputs_id(teacher: str, records_path: str) -> str:
     """Identity (names, sizes, mtimes) of the dump's inputs: shard stores of other inputs are stale."""
-    from lori.training.loop import fingerprint
-
     return fingerprint(str(teacher), str(records_path))
 
 
 def base_attrs(cfg: DumpHiddenConfig, teacher: str, records_path: str) -> dict:
-    return {"stage": "dump_hidden", "model": str(teacher), "config_hash": cfg.hash, "split": "calib",
+    """The store's provenance attrs (:data:`lori.artifacts.hidden.PROVENANCE_ATTRS`)."""
+    return {"stage": hidden.STAGE, "model": str(teacher), "config_hash": cfg.hash, "split": "calib",
             "records": str(records_path)}
 
 
 # ---------------------------------------------------------------- dumping
+def dump_trajectories(out: str | Path, model, tokenizer, records: list[Record], layers: list[int], batch_size: int,
+                      device, attrs: dict) -> dict:
+    """Stream the teacher's trajectories of ``records`` into a hidden store at ``out``."""
+    sequences, offsets = teacher_sequences(tokenizer, records)
+    with hidden.create(out, offsets, [r.id for r in records], layers, model.config.hidden_size, attrs) as writer:
+        for first, states, anchors in teacher_states(model, tokenizer, sequences, layers, batch_size, device):
+            writer.write(first, states.cpu().numpy(), anchors.cpu().numpy())
+    return index_summary(offsets)
+
+
 def dump_examples(cfg: DumpHiddenConfig, teacher: str, records_path: str, records: list[Record], lo: int, hi: int,
                   out: str, extra_attrs: dict | None = None) -> dict:
     """Dump examples ``records[lo:hi]`` to ``out`` (one process, or every rank of a torchrun job)."""
-    from lori.training.distributed import barrier, cleanup, init_distributed
-    from lori.lowrank.maths import select_layers
-    from lori.model.loading import load_checkpoint, setup_runtime
-    from lori.model.trajectory import write_trajectories
-
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)
     model, tokenizer = load_checkpoint(teacher)
@@ -121,16 +127,16 @@ def dump_examples(cfg: DumpHiddenConfig, teacher: str, records_path: str, record
     layers = select_layers(cfg.layers, model.config.num_hidden_layers)
     attrs = {**base_attrs(cfg, teacher, records_path), **(extra_attrs or {})}
     if not info.enabled:
-        return write_trajectories(out, model, tokenizer, records[lo:hi], layers, cfg.batch_size, device, attrs)
+        return dump_trajectories(out, model, tokenizer, records[lo:hi], layers, cfg.batch_size, device, attrs)
     a, b = batch_range(hi - lo, cfg.batch_size, info.world_size, info.rank, lo)
     parts = [rank_part(out, r, info.world_size) for r in range(info.world_size)]
-    write_trajectories(parts[info.rank], model, tokenizer, records[a:b], layers, cfg.batch_size, device,
-                       {**attrs, "rank": info.rank, "example_range": [a, b]})
+    dump_trajectories(parts[info.rank], model, tokenizer, records[a:b], layers, cfg.batch_size, device,
+                      {**attrs, "rank": info.rank, "example_range": [a, b]})
     barrier(info)
     result = {}
     try:
         if info.is_main:
-            result = concatenate(parts, out, attrs, records[lo:hi])
+            result = hidden.concatenate(parts, out, attrs, [r.id for r in records[lo:hi]])
     finally:
         barrier(info)
         if info.is_main:
@@ -146,8 +152,6 @@ def rank_part(out: str | Path, rank: int, world: int) -> Path:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -167,7 +171,7 @@ def run_partial(cfg: DumpHiddenConfig, teacher: str, records_path: str, shard: i
         raise ConfigError(f"dump_hidden: --shard {shard} out of range 0..{cfg.shards - 1} (--shards {cfg.shards})")
     records = calibration_records(cfg, records_path)
     lo, hi = batch_range(len(records), cfg.batch_size, cfg.shards, shard)
-    extra = {"shard": shard, "num_shards": cfg.shards, "example_range": [lo, hi],
+    extra = {"shard": shard, "num_shards": cfg.shards, "example_range": [lo, hi],   # hidden.SHARD_ATTRS
              "inputs": inputs_id(teacher, records_path)}
     info = dump_examples(cfg, teacher, records_path, records, lo, hi, out, extra)
     if info:    # under torchrun only rank 0 has written the store
@@ -182,9 +186,7 @@ def run_gather(cfg: DumpHiddenConfig, teacher: str, records_path: str, part_path
     want = {"num_shards": cfg.shards, "config_hash": cfg.hash, "inputs": inputs_id(teacher, records_path)}
     by_shard: dict[int, str] = {}
     for path in part_paths:
-        attrs = dict(open_store(path, HIDDEN_ARRAYS, kind="dump_hidden shard").attrs)
-        if "shard" not in attrs:
-            raise ArtifactError(f"{path}: not a dump_hidden shard store (no 'shard' attribute)")
+        attrs = hidden.read_shard_attrs(path)
         if attrs.get("num_shards") != cfg.shards or attrs.get("config_hash") != cfg.hash:
             raise ArtifactError(f"{path}: shard of {attrs.get('num_shards')} shards, config {attrs.get('config_hash')}; "
                                 f"expected {cfg.shards} shards, config {cfg.hash} (rerun dump_hidden partial)")
@@ -202,61 +204,9 @@ def run_gather(cfg: DumpHiddenConfig, teacher: str, records_path: str, part_path
     if missing:
         raise ArtifactError(f"dump_hidden gather: need shards 0..{cfg.shards - 1} once each, missing {missing}")
     attrs = base_attrs(cfg, teacher, records_path)
-    info = concatenate([by_shard[i] for i in range(cfg.shards)], out, attrs, records)
+    info = hidden.concatenate([by_shard[i] for i in range(cfg.shards)], out, attrs, [r.id for r in records])
     log.info("gathered %d shards: %d examples, %d CoT tokens -> %s", cfg.shards, info["examples"], info["tokens"], out)
     return info
-
-
-def concatenate(part_paths: Sequence[str | Path], out: str | Path, attrs: dict, records: list[Record]) -> dict:
-    """Concatenate hidden stores (in order) into one store of the contract layout, streamed.
-
-    The parts must hold ``records`` in order (checked by example id) with the same layers;
-    the result has the layout, chunking and attrs of a one-process dump of ``records``.
-    """
-    import zarr
-
-    parts = [open_store(p, HIDDEN_ARRAYS, kind="hidden") for p in part_paths]
-    ids = [str(i) for g, p in zip(parts, part_paths) for i in read_array(g, "example_id", p)]
-    if ids != [r.id for r in records]:
-        raise ArtifactError(f"{out}: the parts hold {len(ids)} examples that are not the {len(records)} "
-                            f"calibration records in order (stale or mismatched parts: {', '.join(map(str, part_paths))})")
-    layers = [list(g.attrs.get("layers") or []) for g in parts]
-    shapes = {tuple(g["states"].shape[1:]) for g in parts}
-    if len(shapes) != 1 or any(l != layers[0] for l in layers):
-        raise ArtifactError(f"{out}: parts of different layers / hidden sizes ({sorted(shapes)}, layers {layers})")
-    (n_layers, hidden), = shapes
-    offsets = [read_array(g, "offsets", p) for g, p in zip(parts, part_paths)]
-    tokens = int(sum(o[-1] for o in offsets))
-    check_disk_space(out, (tokens + len(records)) * n_layers * hidden * 2)
-    with atomic_path(out) as tmp:
-        group = zarr.open_group(str(tmp), mode="w")
-        group.attrs.update({**attrs, "layers": layers[0], "anchor_positions": ANCHOR_POSITIONS,
-                            "lori_version": lori.__version__, "examples": len(records), "tokens": tokens})
-        starts = np.cumsum([0] + [int(o[-1]) for o in offsets])
-        zarr_put(group, "offsets", np.concatenate([[0]] + [o[1:] + s for o, s in zip(offsets, starts)]).astype(np.int64),
-                 ["example_plus_one"])
-        zarr_put(group, "example_id", np.array(ids, dtype=str), ["example"])
-        states = create_states(group, tokens, n_layers, hidden)
-        anchors = create_anchors(group, len(records), n_layers, hidden)
-        ex = 0
-        for g, p, start in zip(parts, part_paths, starts):
-            _copy_rows(g["anchors"], anchors, ex, p, "anchors")
-            _copy_rows(g["states"], states, int(start), p, "states")
-            ex += g["anchors"].shape[0]
-    return {"examples": len(records), "tokens": tokens,
-            "mean_cot_tokens": tokens / len(records) if records else 0.0}
-
-
-def _copy_rows(src, dst, start: int, path, name: str) -> None:
-    """``dst[start:start+len(src)] = src``, one stored chunk of ``dst`` at a time (bounded memory)."""
-    step = dst.chunks[0]
-    for a in range(0, src.shape[0], step):
-        b = min(src.shape[0], a + step)
-        try:
-            block = np.asarray(src[a:b])
-        except Exception as e:  # zarr raises several types for a damaged chunk
-            raise ArtifactError(f"{path}: array '{name}' unreadable at rows {a}..{b} ({type(e).__name__}: {e})") from None
-        dst[start + a : start + b] = block
 
 
 # ---------------------------------------------------------------- CLI
@@ -272,14 +222,9 @@ PATHS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main, stage_summary
-
-    def section(config, ns):
-        return {**config["dump_hidden"], **runtime_of(config)}
-
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("partial", "gather") else "run"
-    cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__, PATHS[command], section)
+    cfg, ns = stage_main(DumpHiddenConfig, argv, __doc__, PATHS[command], "dump_hidden")
     if command == "run":
         info = run(cfg, ns.teacher, ns.records, ns.out)
         if info:    # under torchrun only rank 0 wrote the store and reports

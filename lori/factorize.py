@@ -1,9 +1,9 @@
 """Stage ``factorize``: mode-Gram factorization of the dumped teacher trajectories.
 
-Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``, ``offsets``) in streamed
-passes (:mod:`lori.lowrank.passes`: moments, Grams, optional HOOI refinement, per-example
+Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``, ``offsets``; :mod:`lori.artifacts.hidden`)
+in streamed passes (:mod:`lori.lowrank.passes`: moments, Grams, optional HOOI refinement, per-example
 diagnostics; memory O(L^2 + d^2 + one chunk), whatever the number of tokens) and writes
-``lowrank/factors.zarr``:
+``lowrank/factors.zarr`` (:mod:`lori.artifacts.factors`, docs/artifacts.md):
 
 - ``U_layer [layer, r_layer]``, ``U_hidden [hidden, r_hidden]`` — orthonormal columns
 - ``spectrum_layer [layer]``, ``spectrum_hidden [hidden]`` — mode-Gram eigenvalues, descending
@@ -24,7 +24,8 @@ Standalone::
 
 Sharded (what the Snakemake scatter/gather rules run when ``--shards N`` > 1): for each pass
 ``STEP`` of the plan (``moments``, ``grams``, ``hooi1``.., ``diagnostics``), every shard, then
-one gather, which writes the next state (the factors store after the last pass)::
+one gather, which writes the next state (the factors store after the last pass); the ``.npz``
+files between them are :mod:`lori.artifacts.factor_state`::
 
     python -m lori.factorize partial --hidden H.zarr --step STEP --shard I [--state PREV.npz] --out PART_I.npz --shards N ...
     python -m lori.factorize gather --hidden H.zarr --step STEP --parts PART_0.npz,... [--state PREV.npz] --out NEXT.npz --shards N ...
@@ -40,16 +41,16 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-import lori
+from lori.artifacts.factor_state import load_partial, load_state, save_partial, save_state
+from lori.artifacts.factors import write_factors
+from lori.artifacts.hidden import HiddenStore, open_hidden
+from lori.artifacts.store import ArtifactError, open_store
+from lori.cli import stage_main, stage_summary
 from lori.config import ConfigError, config_hash
-from lori.lowrank.passes import (FactorState, finish, load_partial, load_state, merge_all, open_hidden,
-                                pack, partial, plan, save_npz, save_state, shard_ranges)
-from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array, zarr_put
-from lori.lowrank.maths import Factors, energy_curve
+from lori.lowrank.maths import energy_curve
+from lori.lowrank.passes import FactorState, finish, merge_all, partial, plan, shard_ranges
 
 log = logging.getLogger("lori.factorize")
-
-FACTOR_ARRAYS = ("U_layer", "U_hidden", "spectrum_layer", "spectrum_hidden", "mean", "scale")
 
 
 @dataclass
@@ -84,23 +85,34 @@ class FactorizeConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @property
+    def passes(self) -> list[str]:
+        """The streamed passes this config runs (:func:`lori.lowrank.passes.plan`)."""
+        return plan(self.method, self.hooi_iters, self.center, self.layer_scaling)
+
+
+def finish_pass(cfg: FactorizeConfig, step: str, state: FactorState, parts: list) -> FactorState:
+    """The state after pass ``step``, from its shards' accumulators in shard order."""
+    return finish(step, state, merge_all(parts), center=cfg.center, layer_scaling=cfg.layer_scaling,
+                  rank_layer=cfg.rank_layer, rank_hidden=cfg.rank_hidden, energy=cfg.energy)
+
 
 # ---------------------------------------------------------------- one process
 def run(cfg: FactorizeConfig, hidden_path: str, out: str) -> FactorState:
     """Every pass over every shard in this process, then the factors store."""
-    group, states, offsets = open_hidden(hidden_path)
-    shards = shard_ranges(offsets, cfg.shards)
+    store = open_hidden(hidden_path)
+    shards = shard_ranges(store.offsets, cfg.shards)
     state = FactorState()
-    for step in plan(cfg):
-        parts = [partial(step, state, states, offsets, s, cfg.chunk_tokens, hidden_path) for s in shards]
-        state = finish(step, cfg, state, merge_all(parts))
-    write_factors(out, cfg, state, group, hidden_path)
+    for step in cfg.passes:
+        parts = [partial(step, state, store.states, store.offsets, s, cfg.chunk_tokens, hidden_path) for s in shards]
+        state = finish_pass(cfg, step, state, parts)
+    save_factors(out, cfg, state, store)
     return state
 
 
 # ---------------------------------------------------------------- sharded: one pass of one shard, or a gather
 def _previous_state(cfg: FactorizeConfig, step: str, state_path: str | None) -> tuple[FactorState, str | None]:
-    steps = plan(cfg)
+    steps = cfg.passes
     if step not in steps:
         raise ConfigError(f"factorize: pass {step!r} is not in this config's plan {steps}")
     before = steps[: steps.index(step)]
@@ -122,12 +134,12 @@ def run_partial(cfg: FactorizeConfig, hidden_path: str, step: str, shard_index: 
     state, state_id = _previous_state(cfg, step, state_path)
     if not 0 <= shard_index < cfg.shards:
         raise ConfigError(f"factorize: --shard {shard_index} out of range 0..{cfg.shards - 1} (--shards {cfg.shards})")
-    _, states, offsets = open_hidden(hidden_path)
-    shard = shard_ranges(offsets, cfg.shards)[shard_index]
-    acc = partial(step, state, states, offsets, shard, cfg.chunk_tokens, hidden_path)
-    save_npz(out, pack(acc), {"kind": "partial", "step": step, "shard": shard_index, "num_shards": cfg.shards,
-                              "config_hash": config_hash(asdict(cfg)), "state": state_id,
-                              "tokens": list(shard.tokens), "examples": list(shard.examples)})
+    store = open_hidden(hidden_path)
+    shard = shard_ranges(store.offsets, cfg.shards)[shard_index]
+    acc = partial(step, state, store.states, store.offsets, shard, cfg.chunk_tokens, hidden_path)
+    save_partial(out, acc, {"step": step, "shard": shard_index, "num_shards": cfg.shards,
+                            "config_hash": config_hash(asdict(cfg)), "state": state_id,
+                            "tokens": list(shard.tokens), "examples": list(shard.examples)})
 
 
 def run_gather(cfg: FactorizeConfig, hidden_path: str, step: str, part_paths: Sequence[str], state_path: str | None,
@@ -148,67 +160,41 @@ def run_gather(cfg: FactorizeConfig, hidden_path: str, step: str, part_paths: Se
         raise ArtifactError(f"factorize gather {step!r}: need shards 0..{cfg.shards - 1} once each, got {got} "
                             f"(missing {missing})")
     ordered = [acc for acc, _ in sorted(parts, key=lambda p: p[1]["shard"])]
-    state = finish(step, cfg, state, merge_all(ordered))
-    if step == plan(cfg)[-1]:
-        group, _, _ = open_hidden(hidden_path)
-        write_factors(out, cfg, state, group, hidden_path)
+    state = finish_pass(cfg, step, state, ordered)
+    if step == cfg.passes[-1]:
+        save_factors(out, cfg, state, open_hidden(hidden_path))
     else:
         save_state(out, state, {"step": step, "config_hash": want})
     return state
 
 
 # ---------------------------------------------------------------- the factors store
-def write_factors(out: str, cfg: FactorizeConfig, state: FactorState, hidden_group, hidden_path: str) -> None:
-    import zarr
-
+def save_factors(out: str, cfg: FactorizeConfig, state: FactorState, hidden: HiddenStore) -> None:
+    """The factors store of the final state (:func:`lori.artifacts.factors.write_factors`)."""
     r_l, r_d = state.U_layer.shape[1], state.U_hidden.shape[1]
+    energy_layer = float(energy_curve(state.spectrum_layer)[r_l - 1])
+    energy_hidden = float(energy_curve(state.spectrum_hidden)[r_d - 1])
     diag = state.diagnostics
-    src = dict(hidden_group.attrs)
-    with atomic_path(out) as tmp:
-        g = zarr.open_group(str(tmp), mode="w")
-        zarr_put(g, "U_layer", state.U_layer, ["layer", "rank_layer"])
-        zarr_put(g, "U_hidden", state.U_hidden, ["hidden", "rank_hidden"])
-        zarr_put(g, "spectrum_layer", state.spectrum_layer, ["layer"])
-        zarr_put(g, "spectrum_hidden", state.spectrum_hidden, ["hidden"])
-        zarr_put(g, "mean", state.mean, ["layer", "hidden"])
-        zarr_put(g, "scale", state.scale, ["layer"])
-        zarr_put(g, "effective_rank", diag.effective_rank, ["example"],
-                 description="exp(entropy) of the normalised singular values of the example's tokens x (layer*hidden) matrix")
-        zarr_put(g, "cot_length", diag.cot_length, ["example"], description="CoT tokens of the example")
-        zarr_put(g, "energy_captured", diag.energy_captured, ["example"],
-                 description="fraction of the example's (normalised) energy kept by U_layer x U_hidden")
-        if "example_id" in hidden_group:
-            zarr_put(g, "example_id", read_array(hidden_group, "example_id", hidden_path).astype(object), ["example"])
-        g.attrs.update({
-            "stage": "factorize", "lori_version": lori.__version__, "config_hash": config_hash(asdict(cfg)),
-            "rank_layer": r_l, "rank_hidden": r_d, "energy_threshold": cfg.energy,
-            "energy_layer": float(energy_curve(state.spectrum_layer)[r_l - 1]),
-            "energy_hidden": float(energy_curve(state.spectrum_hidden)[r_d - 1]),
-            "energy_joint": state.energy_joint, "centered": cfg.center, "layer_scaling": cfg.layer_scaling,
-            "method": cfg.method, "reconstruction_errors": state.errors, "reconstruction_error": state.errors[-1],
-            "shards": cfg.shards, "tokens": state.tokens, "examples": len(diag),
-            "layers": src.get("layers"), "model": src.get("model"),
-            "hidden_store": str(hidden_path), "hidden_config_hash": src.get("config_hash"),
-        })
+    arrays = {"U_layer": state.U_layer, "U_hidden": state.U_hidden, "spectrum_layer": state.spectrum_layer,
+              "spectrum_hidden": state.spectrum_hidden, "mean": state.mean, "scale": state.scale,
+              "effective_rank": diag.effective_rank, "cot_length": diag.cot_length,
+              "energy_captured": diag.energy_captured}
+    ids = hidden.example_ids()
+    if ids is not None:
+        arrays["example_id"] = ids
+    write_factors(out, arrays, {
+        "config_hash": config_hash(asdict(cfg)), "rank_layer": r_l, "rank_hidden": r_d,
+        "energy_threshold": cfg.energy, "energy_layer": energy_layer, "energy_hidden": energy_hidden,
+        "energy_joint": state.energy_joint, "centered": cfg.center, "layer_scaling": cfg.layer_scaling,
+        "method": cfg.method, "reconstruction_errors": state.errors, "reconstruction_error": state.errors[-1],
+        "shards": cfg.shards, "tokens": state.tokens, "examples": len(diag),
+        "layers": hidden.attrs.get("layers"), "model": hidden.attrs.get("model"),
+        "hidden_store": str(hidden.path), "hidden_config_hash": hidden.attrs.get("config_hash"),
+    })
     log.info("ranks (layer %d, hidden %d) capture %.1f%% / %.1f%% per mode, %.1f%% jointly (relative error %.4g), "
              "from %d tokens of %d examples; median effective rank %.2f -> %s",
-             r_l, r_d, 100 * float(energy_curve(state.spectrum_layer)[r_l - 1]),
-             100 * float(energy_curve(state.spectrum_hidden)[r_d - 1]), 100 * state.energy_joint, state.errors[-1],
+             r_l, r_d, 100 * energy_layer, 100 * energy_hidden, 100 * state.energy_joint, state.errors[-1],
              state.tokens, len(diag), float(np.median(diag.effective_rank)) if len(diag) else 0.0, out)
-
-
-def load_factors(path: str) -> tuple[Factors, dict]:
-    """Read a factors store (as written by :func:`run`) into :class:`Factors` and its attrs."""
-    import torch
-
-    group = open_store(path, ["U_layer", "U_hidden", "mean", "scale"], kind="factors")
-    attrs = dict(group.attrs)
-    arrays = [torch.from_numpy(read_array(group, n, path).astype(np.float32)) for n in ("U_layer", "U_hidden", "mean", "scale")]
-    factors = Factors(*arrays, layers=list(attrs.get("layers") or []))
-    if factors.U_layer.shape[0] != factors.mean.shape[0] or factors.U_hidden.shape[0] != factors.mean.shape[1]:
-        raise ArtifactError(f"{path}: inconsistent shapes U_layer {tuple(factors.U_layer.shape)}, "
-                            f"U_hidden {tuple(factors.U_hidden.shape)}, mean {tuple(factors.mean.shape)}")
-    return factors, attrs
 
 
 # ---------------------------------------------------------------- CLI
@@ -233,11 +219,9 @@ def adaptive_ranks(cfg: FactorizeConfig, ns) -> FactorizeConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main, stage_summary
-
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("partial", "gather") else "run"
-    cfg, ns = stage_main(FactorizeConfig, argv, __doc__, PATHS[command], lambda config, ns: config["factorize"])
+    cfg, ns = stage_main(FactorizeConfig, argv, __doc__, PATHS[command], "factorize")
     cfg = adaptive_ranks(cfg, ns)
     if command == "run":
         run(cfg, ns.hidden, ns.out)

@@ -24,16 +24,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lori.factorize import FACTOR_ARRAYS
+from lori.analysis.figures import plot_effective_rank, plot_spectrum
+from lori.analysis.runs import load_factor_summary
+from lori.artifacts import factors, hidden, targets
+from lori.artifacts.factor_state import load_npz
 from lori.artifacts.store import ArtifactError, open_store, read_array
+from lori.cli import USER_ERRORS
 from lori.lowrank.maths import energy_curve
 
-# arrays each stage's store must hold (DESIGN.md §5); a store without a known stage is listed as is
-REQUIRED = {
-    "dump_hidden": ("states", "offsets", "anchors", "example_id"),
-    "factorize": FACTOR_ARRAYS,
-    "targets": ("core", "offsets"),
-}
+# arrays each stage's store must hold, from the store contracts (lori.artifacts); a store
+# without a known stage is listed as is
+REQUIRED = {contract.STAGE: contract.REQUIRED for contract in (hidden, factors, targets)}
 MAX_ATTR_CHARS = 110
 
 
@@ -95,9 +96,9 @@ def describe_zarr(path: Path, indent: str = "") -> list[str]:
         lines += array_line(name, arr)
     for name, _ in groups:
         lines += ["", *describe_zarr(path / name)]
-    if stage == "factorize":
+    if stage == factors.STAGE:
         lines += ["", *factor_summary(path, group)]
-    elif stage == "dump_hidden" or "offsets" in dict(arrays):
+    elif stage == hidden.STAGE or "offsets" in dict(arrays):
         lines += ["", *offsets_summary(path, group)]
     return [indent + line for line in lines]
 
@@ -178,8 +179,6 @@ def describe_file(path: Path) -> list[str]:
         first = json.loads(rows[0]) if rows else {}
         return [f"{head}: {len(rows)} rows", *[f"  {k}: {short(v)}" for k, v in first.items()]]
     if path.suffix == ".npz":
-        from lori.lowrank.passes import load_npz
-
         arrays, meta = load_npz(path, "partial or state")
         return [f"{head}: factorize {meta.get('kind')} of pass {meta.get('step')!r}",
                 *[f"  {k}: {short(v)}" for k, v in meta.items()],
@@ -208,10 +207,8 @@ def describe(path: str | Path) -> str:
 
 
 def plot(path: str | Path, spectrum_file: str | None, examples_file: str | None) -> None:
-    from lori.report import load_factor_summary, plot_effective_rank, plot_spectrum
-
     group = open_store(path, kind="factors")
-    if group.attrs.get("stage") != "factorize":
+    if group.attrs.get("stage") != factors.STAGE:
         raise ArtifactError(f"{path}: --plot needs a factors store (lowrank/factors.zarr), "
                             f"this one is from stage {group.attrs.get('stage')!r}")
     summary = load_factor_summary(str(path))
@@ -224,8 +221,6 @@ def plot(path: str | Path, spectrum_file: str | None, examples_file: str | None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import USER_ERRORS
-
     ap = argparse.ArgumentParser(prog="lori inspect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="any artifact: a Zarr store, checkpoint or report directory, json/jsonl/npz file")

@@ -2,7 +2,8 @@
 
 Reads the teacher, ``teacher_cot/train.jsonl`` and ``lowrank/factors.zarr``; reruns the
 teacher teacher-forced and projects each trajectory on the fly (full states are never
-stored for all examples). Writes ``targets/train.zarr`` (DESIGN.md §5):
+stored for all examples). Writes ``targets/train.zarr`` (:mod:`lori.artifacts.targets`,
+docs/artifacts.md):
 
 - ``core`` float32 ``[token, rank_layer, rank_hidden]`` + ``offsets [example+1]``
 - ``anchors_core`` float32 ``[example, anchor, rank_layer, rank_hidden]``
@@ -20,11 +21,14 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from lori.artifacts import targets as targets_store
+from lori.artifacts.factors import check_factors_fit, load_factors
+from lori.artifacts.store import index_summary
+from lori.cli import stage_main, stage_summary
 from lori.config import config_hash
 from lori.data.records import check_training_records, read_records
-from lori.factorize import load_factors
 from lori.model.loading import load_checkpoint, setup_runtime
-from lori.model.trajectory import check_factors_fit, write_trajectories
+from lori.model.trajectory import teacher_sequences, teacher_states
 
 log = logging.getLogger("lori.targets")
 
@@ -46,23 +50,25 @@ def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, 
     check_factors_fit(factors, factors_path, model.config, teacher)
     records = read_records(records_path)
     check_training_records(records, records_path, need_cot=False)
-    attrs = {"stage": "targets", "config_hash": config_hash(asdict(cfg)), "model": str(teacher), "factors": str(factors_path),
-             "factors_config_hash": fattrs.get("config_hash"), "rank_layer": factors.ranks[0],
-             "rank_hidden": factors.ranks[1], "split": "train"}
-    info = write_trajectories(out, model, tokenizer, records, layers, cfg.batch_size, device, attrs, factors)
+    attrs = {"stage": targets_store.STAGE, "config_hash": config_hash(asdict(cfg)), "model": str(teacher),
+             "factors": str(factors_path), "factors_config_hash": fattrs.get("config_hash"),
+             "rank_layer": factors.ranks[0], "rank_hidden": factors.ranks[1], "split": "train"}
+    sequences, offsets = teacher_sequences(tokenizer, records)
+    ids = [r.id for r in records]
+    with targets_store.create(out, offsets, ids, layers, model.config.hidden_size, factors.ranks, attrs) as writer:
+        on_device = factors.to(device)
+        for first, states, anchors in teacher_states(model, tokenizer, sequences, layers, cfg.batch_size, device):
+            writer.write(first, on_device.project(states).cpu().numpy(), on_device.project(anchors).cpu().numpy(),
+                         anchors.cpu().numpy())
+    info = index_summary(offsets)
     log.info("targets for %d examples, %d CoT tokens, core %s -> %s", info["examples"], info["tokens"], factors.ranks, out)
     return info
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main, stage_summary
-
-    def section(config, ns):
-        return {**config["targets"], **runtime_of(config)}
-
     cfg, ns = stage_main(TargetsConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--records", "teacher_cot records jsonl"),
-                          ("--factors", "factors Zarr store"), ("--out", "output targets Zarr store")], section)
+                          ("--factors", "factors Zarr store"), ("--out", "output targets Zarr store")], "targets")
     info = run(cfg, ns.teacher, ns.records, ns.factors, ns.out)
     stage_summary("targets", info["tokens"], "tokens", f"{info['examples']} examples")
 

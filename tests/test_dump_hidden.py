@@ -11,22 +11,20 @@ import pytest
 import yaml
 import zarr
 
-from lori import dump_hidden, prepare_data, teacher_sft
-from lori.dump_hidden import batch_range
+from lori import dump_hidden
+from lori.artifacts.hidden import SHARD_ATTRS
 from lori.artifacts.store import ArtifactError
-from tests.tiny import RUNTIME, TINY
+from lori.dump_hidden import batch_range
+from tests.runs import MICRO, planned_jobs, snakemake
+from tests.tiny import RUNTIME
 
 N, BATCH = 20, 6      # 4 batches: 6, 6, 6, 2
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
+def run(tmp_path_factory, tiny_teacher) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("dump")
-    p = {"train": d / "train.jsonl", "teacher": d / "teacher", "dir": d}
-    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "24", "--out", str(p["train"])])
-    teacher_sft.main(["--train", str(p["train"]), "--out", str(p["teacher"]), "--scratch", TINY, "--steps", "1",
-                      "--batch-size", "4", *RUNTIME])
-    p["whole"] = d / "whole.zarr"
+    p = {"train": tiny_teacher.train, "teacher": tiny_teacher.teacher, "dir": d, "whole": d / "whole.zarr"}
     dump_hidden.main([*common(p), "--out", str(p["whole"])])
     return p
 
@@ -72,7 +70,7 @@ def test_sharded_dump_equals_unsharded(run, tmp_path, shards):
     out = tmp_path / "gathered.zarr"
     dump_hidden.main(["gather", *common(run, shards), "--parts", ",".join(reversed(parts)), "--out", str(out)])
     assert_same_store(run["whole"], out)
-    assert not any(k in zarr.open_group(str(out), mode="r").attrs for k in dump_hidden.SHARD_ATTRS)
+    assert not any(k in zarr.open_group(str(out), mode="r").attrs for k in SHARD_ATTRS)
 
 
 def test_gather_refuses_missing_stale_and_mismatched_shards(run, tmp_path):
@@ -145,8 +143,6 @@ def test_shard_dumped_by_two_processes_gathers_to_the_unsharded_dump(run, tmp_pa
 
 # ---------------------------------------------------------------- the DAG
 def test_dry_run_with_dump_shards_plans_scatter_gather(tmp_path):
-    from tests.test_workflow import MICRO, planned_jobs, snakemake
-
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["dump_hidden"].update(shards=3)
     path = tmp_path / "sharded.yaml"
@@ -164,8 +160,6 @@ def test_dry_run_with_dump_shards_plans_scatter_gather(tmp_path):
 @pytest.mark.slow          # a real Snakemake run up to the factors (~1-2 minutes on 2 CPU cores)
 @pytest.mark.integration
 def test_sharded_dump_under_torchrun_runs_in_the_workflow(tmp_path):
-    from tests.test_workflow import MICRO, snakemake
-
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["dump_hidden"].update(shards=2)
     cfg.update(gpus=2)                       # torchrun with 2 CPU processes per training and dump job

@@ -11,24 +11,13 @@ from scipy.linalg import subspace_angles
 
 from lori import factorize
 from lori.config import parse_stage_args
-from lori.lowrank.passes import plan, shard_ranges
+from lori.artifacts.store import ArtifactError
 from lori.factorize import FactorizeConfig
-from lori.artifacts.store import ArtifactError, zarr_create, zarr_put
 from lori.lowrank.maths import effective_rank
+from lori.lowrank.passes import plan, shard_ranges
+from tests.runs import MICRO, planned_jobs, snakemake, write_hidden
 
 L, D = 5, 12
-
-
-def write_hidden(path, H: np.ndarray, offsets, chunk: int = 32) -> str:
-    """A hidden store as dump_hidden writes it (float16 states, small chunks to exercise streaming)."""
-    g = zarr.open_group(str(path), mode="w")
-    states = zarr_create(g, "states", H.shape, "float16", ["token", "layer", "hidden"], chunks=(chunk, *H.shape[1:]))
-    states[...] = H.astype(np.float16)
-    zarr_put(g, "offsets", np.asarray(offsets, dtype=np.int64), ["example_plus_one"])
-    zarr_put(g, "example_id", np.array([f"ex{i}" for i in range(len(offsets) - 1)]), ["example"])
-    zarr_put(g, "anchors", np.zeros((len(offsets) - 1, 1, *H.shape[1:]), np.float16), ["example", "anchor", "layer", "hidden"])
-    g.attrs.update({"stage": "dump_hidden", "layers": list(range(1, H.shape[1] + 1)), "model": "synthetic"})
-    return str(path)
 
 
 def random_offsets(rng, examples: int, max_len: int = 25) -> np.ndarray:
@@ -101,7 +90,7 @@ def test_energy_recovers_true_ranks(tmp_path):
 def sharded_cli(hidden: str, out, flags: list[str], shards: int, work) -> zarr.Group:
     """The Snakemake scatter/gather, by hand: every pass's partials through files, then a gather."""
     flags = [*flags, "--shards", str(shards)]
-    steps = plan(parse_stage_args(FactorizeConfig, flags, "", [])[0])
+    steps = parse_stage_args(FactorizeConfig, flags, "", [])[0].passes
     state = []
     for i, step in enumerate(steps):
         parts = [str(work / f"{step}.part{s}.npz") for s in range(shards)]
@@ -261,8 +250,6 @@ def test_corrupt_arrays_are_named(data, tmp_path):
 
 # ---------------------------------------------------------------- the DAG
 def test_dry_run_with_shards_plans_scatter_gather(tmp_path):
-    from tests.test_workflow import MICRO, planned_jobs, snakemake
-
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["factorize"].update(shards=3, method="hooi", hooi_iters=2)
     path = tmp_path / "sharded.yaml"
@@ -270,7 +257,16 @@ def test_dry_run_with_shards_plans_scatter_gather(tmp_path):
     res = snakemake(tmp_path, "-n", configfile=path)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
-    steps = plan(FactorizeConfig(**cfg["factorize"]))
-    assert steps == ["moments", "grams", "hooi1", "hooi2", "diagnostics"]
+    f = cfg["factorize"]
+    steps = plan(f["method"], f["hooi_iters"], f.get("center", True), f.get("layer_scaling", "layer_rms"))
+    assert steps == ["moments", "grams", "hooi1", "hooi2", "diagnostics"] == FactorizeConfig(**f).passes
     assert jobs["factorize_partial"] == 3 * len(steps) and jobs["factorize_gather"] == len(steps) - 1
     assert jobs["factorize"] == 1 and jobs["targets"] == 1
+
+
+def test_plan_runs_moments_only_when_centring_or_scaling():
+    assert plan("hosvd", 4, False, "none") == ["grams", "diagnostics"]
+    assert plan("hosvd", 4, True, "none") == plan("hosvd", 4, False, "layer_rms") == ["moments", "grams", "diagnostics"]
+    assert plan("hooi", 2, False, "none") == ["grams", "hooi1", "hooi2", "diagnostics"]
+    assert FactorizeConfig(center=False, layer_scaling="none", method="hooi", hooi_iters=2).passes == \
+        plan("hooi", 2, False, "none")

@@ -12,7 +12,7 @@ from lori import factorize
 from lori.__main__ import main as lori_main
 from lori.inspect import describe, main
 
-from tests.test_factorize import write_hidden
+from tests.runs import write_hidden
 
 
 @pytest.fixture(scope="module")

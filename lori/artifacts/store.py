@@ -1,26 +1,38 @@
-"""Atomic outputs and self-describing Zarr stores.
+"""Atomic outputs and self-describing Zarr stores: what every artifact contract builds on.
 
 Every stage writes to a temporary sibling (``.<name>.tmp-<pid>``) and renames it into
 place only when complete, so a killed stage never leaves a half-written artifact under
 the real name and an existing output survives a failed rerun.
 
-Zarr stores follow DESIGN.md §5: every array carries ``_ARRAY_DIMENSIONS`` (xarray
-style) and the group carries provenance (creating stage, config hash, package version).
+In a Zarr store every array carries its dimension names (``_ARRAY_DIMENSIONS``, xarray
+style, and zarr 3 ``dimension_names``) and the group its provenance (creating stage,
+config hash, package version). Each store's own layout is one module of this package
+(:mod:`lori.artifacts.hidden`, :mod:`~lori.artifacts.factors`, :mod:`~lori.artifacts.targets`),
+described for users in docs/artifacts.md.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+log = logging.getLogger("lori.artifacts")
 
 
 class ArtifactError(RuntimeError):
     """A missing, incomplete or inconsistent artifact; the message names it."""
+
+
+class ArraySpec(NamedTuple):
+    """One array of a store's contract: its dimension names and dtype (``string`` for text)."""
+    dims: tuple[str, ...]
+    dtype: str
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -93,11 +105,23 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def check_disk_space(out: str | Path, needed: int, hint: str) -> None:
+    """Say how much a store will take before writing it, and stop early if it cannot fit
+    (``hint`` says how to make it smaller)."""
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    log.info("%s will take about %.1f MiB (%.1f GiB free)", out, needed / 2**20, free / 2**30)
+    if needed > 0.95 * free:
+        raise ArtifactError(f"{out}: needs about {needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free "
+                            f"on {parent}; {hint}")
+
+
 # ---------------------------------------------------------------- zarr
 def zarr_create(group, name: str, shape: Sequence[int], dtype, dims: Sequence[str],
                 chunks: Sequence[int] | None = None, compress: bool = False, **attrs):
     """Create an array with ``_ARRAY_DIMENSIONS``; uncompressed by default (hidden states
-    barely compress and zstd costs ~4x write speed, DESIGN.md §4)."""
+    barely compress and zstd costs ~4x write speed)."""
     assert len(dims) == len(shape), f"{name}: {len(dims)} dims for shape {tuple(shape)}"
     kwargs = {} if compress else {"compressors": None}
     arr = group.create_array(name, shape=tuple(int(s) for s in shape), dtype=dtype, dimension_names=list(dims),
@@ -155,6 +179,12 @@ def read_array(group, name: str, path: str | Path = "") -> np.ndarray:
         return np.asarray(group[name][...])
     except Exception as e:
         raise ArtifactError(f"{path}: array '{name}' is unreadable or corrupt ({type(e).__name__}: {e})") from None
+
+
+def index_summary(offsets: np.ndarray) -> dict:
+    """Examples, tokens and mean tokens per example of a ragged store indexed by ``offsets``."""
+    examples, tokens = len(offsets) - 1, int(offsets[-1])
+    return {"examples": examples, "tokens": tokens, "mean_cot_tokens": tokens / examples if examples else 0.0}
 
 
 def group_attrs(group) -> dict:

@@ -1,6 +1,7 @@
 """The streamed passes of the ``factorize`` stage, shardable over token ranges of one dump.
 
-A factorization is a fixed sequence of passes over ``hidden/<split>.zarr`` (:func:`plan`):
+A factorization is a fixed sequence of passes over a hidden store's ``states``
+(:func:`plan`):
 
     moments      token count, sums, sums of squares -> mean, per-layer scale   (only when centring/scaling)
     grams        the two mode Grams -> spectra, ranks, HOSVD factors
@@ -11,32 +12,34 @@ Each pass is a *map* over shards (:func:`partial`: one accumulator per contiguou
 examples, :func:`shard_ranges`) and a *reduce* (:func:`merge_all` sums the accumulators, then
 :func:`finish` turns them into the next :class:`FactorState`). One process runs the
 shards in turn; the Snakemake scatter/gather rules run each partial as its own job, through
-small ``.npz`` files (:func:`save_npz`). Both go through the same functions, so sharded and
-unsharded results differ only by the order of float64 additions.
+small ``.npz`` files (:mod:`lori.artifacts.factor_state`). Both go through the same
+functions, so sharded and unsharded results differ only by the order of float64 additions.
 
+Everything here takes plain values (arrays, numbers, strings) and needs numpy only.
 Peak memory: O(L^2 + d^2) accumulators plus one read chunk (``chunk_tokens`` float16 tokens),
 converted to float64 in blocks of at most ``BLOCK_BYTES``.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import Iterator, Union
 
 import numpy as np
-from lori.progress import tqdm   # tqdm that also writes lines into log files
 
+from lori.artifacts.store import ArtifactError
 from lori.config import ConfigError
-from lori.artifacts.store import ArtifactError, atomic_path, open_store, read_array
-from lori.lowrank.maths import (ExampleDiagnostics, GramAccumulator, MomentAccumulator, ProjectedGramAccumulator,
-                          choose_rank, eig_desc, relative_error)
-
-if TYPE_CHECKING:
-    from lori.factorize import FactorizeConfig
+from lori.lowrank.maths import (
+    ExampleDiagnostics,
+    GramAccumulator,
+    MomentAccumulator,
+    ProjectedGramAccumulator,
+    choose_rank,
+    eig_desc,
+    relative_error,
+)
+from lori.progress import tqdm  # tqdm that also writes lines into log files
 
 log = logging.getLogger("lori.factorize")
 
@@ -45,12 +48,14 @@ Accumulator = Union[MomentAccumulator, GramAccumulator, ProjectedGramAccumulator
 
 
 # ---------------------------------------------------------------- the plan
-def plan(cfg: "FactorizeConfig") -> list[str]:
-    """The passes, in order. Static given the config, so Snakemake can lay out the DAG."""
-    steps = ["moments"] if cfg.center or cfg.layer_scaling != "none" else []
+def plan(method: str, hooi_iters: int, center: bool, layer_scaling: str) -> list[str]:
+    """The passes, in order. Static given the ``factorize`` settings of the same names, so
+    Snakemake can lay out the DAG. The moments pass runs only when it is needed: to centre
+    (``center``) or to scale layers (``layer_scaling`` other than ``none``)."""
+    steps = ["moments"] if center or layer_scaling != "none" else []
     steps.append("grams")
-    if cfg.method == "hooi":
-        steps += [f"hooi{k}" for k in range(1, cfg.hooi_iters + 1)]
+    if method == "hooi":
+        steps += [f"hooi{k}" for k in range(1, hooi_iters + 1)]
     return steps + ["diagnostics"]
 
 
@@ -59,30 +64,13 @@ def hooi_mode(step: str) -> str:
     return "hidden" if int(step[4:]) % 2 == 1 else "layer"
 
 
-# ---------------------------------------------------------------- the hidden store
+# ---------------------------------------------------------------- reading a dump in shards
 @dataclass(frozen=True)
 class Shard:
     index: int
     count: int
     examples: tuple[int, int]      # [lo, hi)
     tokens: tuple[int, int]        # [offsets[lo], offsets[hi])
-
-
-def open_hidden(path: str) -> tuple[Any, Any, np.ndarray]:
-    """``(group, states, offsets)`` of a hidden store, checked against DESIGN.md §5."""
-    group = open_store(path, ["states", "offsets"], kind="hidden")
-    states = group["states"]
-    if len(states.shape) != 3:
-        raise ArtifactError(f"{path}: array 'states' must be [token, layer, hidden], got shape {states.shape}")
-    if np.dtype(states.dtype).kind != "f":   # integer/bool states are a wrong or foreign array, not hidden states
-        raise ArtifactError(f"{path}: array 'states' must hold floats, got dtype {states.dtype}")
-    offsets = read_array(group, "offsets", path)
-    if (offsets.ndim != 1 or len(offsets) < 1 or offsets.dtype.kind not in "iu" or offsets[0] != 0
-            or np.any(np.diff(offsets) < 0) or offsets[-1] != states.shape[0]):
-        raise ArtifactError(f"{path}: array 'offsets' must be non-decreasing integers from 0 to the "
-                            f"{states.shape[0]} tokens of 'states' (got {len(offsets)} values, "
-                            f"last {offsets[-1] if len(offsets) else None})")
-    return group, states, offsets.astype(np.int64)
 
 
 def shard_ranges(offsets: np.ndarray, num_shards: int) -> list[Shard]:
@@ -214,21 +202,27 @@ def merge_all(parts: list[Accumulator]) -> Accumulator:
     return total
 
 
-def finish(step: str, cfg: "FactorizeConfig", state: FactorState, acc: Accumulator) -> FactorState:
-    """Reduce: the state after pass ``step`` from its merged accumulator."""
+def finish(step: str, state: FactorState, acc: Accumulator, *, center: bool, layer_scaling: str,
+           rank_layer: int | None, rank_hidden: int | None, energy: float | None) -> FactorState:
+    """Reduce: the state after pass ``step`` from its merged accumulator.
+
+    The keywords are the ``factorize`` settings of the same names: the moments pass turns
+    its sums into ``mean``/``scale`` by ``center``/``layer_scaling``; the grams pass keeps
+    ``rank_layer``/``rank_hidden`` eigenvectors, or (None) the fewest reaching ``energy``.
+    """
     new = dataclasses.replace(state, steps=[*state.steps, step], errors=list(state.errors))
     if step in ("moments", "grams") and acc.count == 0:
         raise ArtifactError("no tokens to factorize (empty dump)")
     if step == "moments":
-        new.mean, new.scale = acc.transform(cfg.center, cfg.layer_scaling)
+        new.mean, new.scale = acc.transform(center, layer_scaling)
         new.tokens = acc.count
     elif step == "grams":
         layers, hidden = acc.gram_layer.shape[0], acc.gram_hidden.shape[0]
         new.mean, new.scale = _mean(state, layers, hidden), _scale(state, layers)
         new.spectrum_layer, vec_l = eig_desc(acc.gram_layer)
         new.spectrum_hidden, vec_d = eig_desc(acc.gram_hidden)
-        r_l = cfg.rank_layer or choose_rank(new.spectrum_layer, cfg.energy)
-        r_d = cfg.rank_hidden or choose_rank(new.spectrum_hidden, cfg.energy)
+        r_l = rank_layer or choose_rank(new.spectrum_layer, energy)
+        r_d = rank_hidden or choose_rank(new.spectrum_hidden, energy)
         if r_l > layers or r_d > hidden:
             raise ConfigError(f"rank ({r_l}, {r_d}) exceeds the dimensions (layer={layers}, hidden={hidden})")
         new.U_layer, new.U_hidden = vec_l[:, :r_l], vec_d[:, :r_d]
@@ -250,84 +244,3 @@ def finish(step: str, cfg: "FactorizeConfig", state: FactorState, acc: Accumulat
     else:
         raise ValueError(f"unknown factorize pass {step!r}")
     return new
-
-
-# ---------------------------------------------------------------- partial / state files
-def fingerprint(arrays: dict[str, np.ndarray]) -> str:
-    """Content hash of a state, recorded by the partials computed from it (stale ones are refused)."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(arrays[k]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def pack(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Dataclass -> flat dict of arrays (None fields left out; nested dataclasses prefixed)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            out.update(pack(v, f"{prefix}{f.name}."))
-        elif v is not None:
-            out[prefix + f.name] = np.asarray(v)
-    return out
-
-
-NESTED = {"diagnostics": ExampleDiagnostics}     # dataclass-valued fields of FactorState
-
-
-def unpack(cls: type, arrays: dict[str, np.ndarray], prefix: str = "") -> Any:
-    values = {}
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        if any(k.startswith(key + ".") for k in arrays):
-            values[f.name] = unpack(NESTED[f.name], arrays, key + ".")
-        elif key in arrays:
-            a = arrays[key]
-            values[f.name] = a.item() if a.ndim == 0 else (a.tolist() if f.name in ("steps", "errors") else a)
-    return cls(**values)
-
-
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Arrays + a JSON ``meta`` in one ``.npz``, written atomically (no pickles)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
-
-
-def load_npz(path: str | Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: factorize {what} file is missing (run the step that writes it first)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("__meta__")))
-    except Exception as e:
-        raise ArtifactError(f"{path}: not a readable factorize {what} file ({type(e).__name__}: {e})") from None
-    return arrays, meta
-
-
-def save_state(path: str | Path, state: FactorState, meta: dict) -> None:
-    arrays = pack(state)
-    save_npz(path, arrays, {**meta, "kind": "state", "fingerprint": fingerprint(arrays)})
-
-
-def load_state(path: str | Path) -> tuple[FactorState, dict]:
-    arrays, meta = load_npz(path, "state")
-    if meta.get("kind") != "state":
-        raise ArtifactError(f"{path}: not a factorize state file (kind {meta.get('kind')!r})")
-    return unpack(FactorState, arrays), meta
-
-
-ACCUMULATORS = {"moments": MomentAccumulator, "grams": GramAccumulator, "hooi": ProjectedGramAccumulator,
-                "diagnostics": ExampleDiagnostics}
-
-
-def load_partial(path: str | Path) -> tuple[Accumulator, dict]:
-    arrays, meta = load_npz(path, "partial")
-    step = meta.get("step", "")
-    cls = ACCUMULATORS.get("hooi" if step.startswith("hooi") else step)
-    if meta.get("kind") != "partial" or cls is None:
-        raise ArtifactError(f"{path}: not a factorize partial file (kind {meta.get('kind')!r}, step {step!r})")
-    return unpack(cls, arrays), meta
