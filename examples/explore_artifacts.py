@@ -4,7 +4,7 @@
     python examples/explore_artifacts.py results/quickstart --out figs --example test-0
 
 Each step prints what it loaded, so this file doubles as a cookbook (docs/artifacts.md has the
-layouts). The figures are the report's own (lori.report), drawn from the raw arrays.
+layouts). The figures are the report's own (lori.analysis.figures), drawn from the raw arrays.
 """
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from lori.report import (agreement, load_factor_summary, load_rows, plot_accuracy_tokens, plot_agreement,
-                         plot_effective_rank, plot_spectrum, plot_training)
+from lori.analysis.figures import (
+    plot_accuracy_tokens,
+    plot_agreement,
+    plot_effective_rank,
+    plot_spectrum,
+    plot_training,
+)
+from lori.analysis.runs import load_factor_summary, load_rows
+from lori.analysis.stats import agreement
 
 
 def main() -> None:
@@ -72,7 +79,7 @@ def main() -> None:
 
     # 5. latent thoughts of one example (the same as `lori thoughts`)
     if args.example:
-        from lori.thoughts import format_trace, trace_run
+        from lori.analysis.logit_lens import format_trace, trace_run  # torch: only when asked
 
         print(format_trace(trace_run(run, "lori", args.example)))
     print(f"figures in {out}/")

@@ -21,19 +21,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lori.artifacts.store import read_json
-from lori.report import load_rows, mcnemar_p, md_table
+from lori.analysis.render import md_table
+from lori.analysis.runs import load_rows, run_dir, summary_paths
+from lori.analysis.stats import mcnemar_p
+from lori.artifacts.evaluation import read_summary
+from lori.cli import USER_ERRORS
 
 
 def summaries(run: Path) -> dict[tuple[str, str], dict]:
     """``(method, bench) -> summary`` of one run (with its per-problem rows under ``rows`` when present)."""
-    paths = sorted(str(p) for p in run.glob("eval/*/*.json"))
-    if not paths:
-        raise FileNotFoundError(f"{run}/eval: no evaluation summaries (eval/<method>/<bench>.json)")
+    paths = summary_paths(run)
     rows = load_rows(paths)
     out = {}
     for p in paths:
-        s = read_json(p)
+        s = read_summary(p)
         out[(s["method"], s["bench"])] = {**s, "rows": rows.get((s["method"], s["bench"]))}
     return out
 
@@ -95,9 +96,6 @@ def render(rows: list[dict], fmt: str, name_a: str, name_b: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import USER_ERRORS
-    from lori.thoughts import run_dir
-
     ap = argparse.ArgumentParser(prog="lori compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_a", help="baseline run: a name under --results or a path to a run directory")

@@ -4,7 +4,7 @@
 and then answer. Writes ``eval/<method>/<bench>.jsonl`` (one line per problem: id,
 prediction, parsed, gold, correct, generated_tokens, latent_steps, latency_s) and
 ``eval/<method>/<bench>.json`` (accuracy with a Wilson 95% CI, mean generated tokens, mean
-latency per problem).
+latency per problem); :mod:`lori.artifacts.evaluation` is the contract of both files.
 
 Thought-shuffle test (``thought_shuffle: true``, latent students only): every problem is
 answered a second time with another problem's thoughts in place of its own (a seeded
@@ -19,26 +19,25 @@ Standalone::
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 import lori
-from lori.progress import tqdm   # tqdm that also writes lines into log files
-from lori.data.answers import extract, is_correct
+from lori.analysis.stats import wilson_interval
+from lori.artifacts import evaluation
+from lori.cli import stage_main, stage_summary
 from lori.config import config_hash
+from lori.data.answers import extract, is_correct
 from lori.data.records import iter_batches, read_records
 from lori.model.generate import generate_cot
-from lori.artifacts.store import atomic_write_text, write_json
 from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint, setup_runtime
 from lori.model.sequences import student_batch
+from lori.progress import tqdm  # tqdm that also writes lines into log files
 
 log = logging.getLogger("lori.evaluate")
 
@@ -53,17 +52,6 @@ class EvaluateConfig:
     seed: int = 0
     threads: int = 2
     device: str = "auto"
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for a binomial proportion."""
-    if total == 0:
-        return 0.0, 1.0
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(rows: list[dict], method: str, bench: str) -> dict:
@@ -142,8 +130,8 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
         log.info("thought-shuffle: %.1f%% with other problems' thoughts (drop %.1f points)",
                  100 * k / len(flags), 100 * summary["thought_shuffle"]["drop"])
     summary.update(config_hash=config_hash(asdict(cfg)), lori_version=lori.__version__)   # provenance
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
-    write_json(summary_path or Path(out).with_suffix(".json"), summary)
+    evaluation.write_rows(out, rows)
+    evaluation.write_summary(summary_path or evaluation.summary_path(out), summary)
     log.info("%s on %s: %.1f%% [%.1f, %.1f] (n=%d), %.1f generated tokens, %.2f ms/problem", cfg.method, cfg.bench,
              100 * summary["accuracy"], 100 * summary["ci_low"], 100 * summary["ci_high"], summary["n"],
              summary["generated_tokens"], 1000 * summary["latency_s"])
@@ -151,15 +139,10 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main, stage_summary
-
-    def section(config, ns):
-        return {**config["evaluate"], **runtime_of(config)}
-
     cfg, ns = stage_main(EvaluateConfig, argv, __doc__,
                          [("--model", "teacher (cot_sft) or student checkpoint dir"), ("--data", "benchmark records jsonl"),
                           ("--out", "per-problem jsonl"), ("--summary", "(optional) summary json (default: OUT with .json)")],
-                         section)
+                         "evaluate")
     s = run(cfg, ns.model, ns.data, ns.out, ns.summary)
     stage_summary(f"evaluate {cfg.method}/{cfg.bench}", s["n"], "problems",
                   f"accuracy {100 * s['accuracy']:.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]")

@@ -11,7 +11,8 @@ tokens. Two cheap readings of each thought:
 
 Beside them: the teacher's CoT for the same problem (its generated CoT from
 ``eval/cot_sft/<bench>.jsonl``, else its rationale in ``teacher_cot/*.jsonl``, else the
-dataset's gold steps) and the student's own answer.
+dataset's gold steps) and the student's own answer. The readings are
+:mod:`lori.analysis.logit_lens`; this module is the command line.
 
 Usage::
 
@@ -22,222 +23,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Sequence
 
-import torch
-from torch.nn import functional as F
-
-from lori.data.answers import is_correct
-from lori.data.records import Record, read_records, split_steps
-from lori.artifacts.store import ArtifactError
-
-Ranked = list[tuple[str, float]]    # (token text, probability or cosine), best first
-
-
-@dataclass
-class Thought:
-    step: int                                   # 1..K
-    lens: Ranked                                # logit lens at the last layer: top-k (token, probability)
-    embedding: Ranked                           # fed-in vector's nearest input embeddings: (token, cosine)
-    layers: dict[int, Ranked] = field(default_factory=dict)   # hidden_states index -> logit lens top-k
-
-
-@dataclass
-class ThoughtTrace:
-    example_id: str
-    question: str
-    gold: str
-    prediction: str
-    correct: bool
-    thoughts: list[Thought]
-    teacher_cot: str | None                     # what the teacher wrote for this problem (or the gold steps)
-    teacher_source: str                         # where teacher_cot came from
-    gold_steps: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- decoding
-def final_norm(model) -> torch.nn.Module | None:
-    """The norm applied before ``lm_head`` (LLaMA/Qwen2 ``model.norm``, GPT-2 ``transformer.ln_f``)."""
-    base = model.base_model
-    for name in ("norm", "ln_f", "final_layernorm"):
-        if isinstance(getattr(base, name, None), torch.nn.Module):
-            return getattr(base, name)
-    return None
-
-
-def logit_lens(model, hidden: torch.Tensor, after_norm: bool) -> torch.Tensor:
-    """Vocabulary logits [..., V] of hidden states [..., d]; ``after_norm`` skips the final norm.
-
-    In transformers 5 the last entry of ``hidden_states`` is already after the final norm, the
-    others are not (DESIGN.md §4), so the caller says which one it passes.
-    """
-    norm = final_norm(model)
-    h = hidden if after_norm or norm is None else norm(hidden)
-    return model.get_output_embeddings()(h)
-
-
-def _tokens(tokenizer, ids: Sequence[int]) -> list[str]:
-    # decode one id at a time: word pieces keep their leading-space marker visible as text
-    return [tokenizer.decode([i]) or repr(tokenizer.convert_ids_to_tokens(i)) for i in ids]
-
-
-def top_tokens(tokenizer, scores: torch.Tensor, k: int) -> Ranked:
-    """The k best (token, score) of a [V] score vector."""
-    values, ids = scores.float().topk(min(k, scores.shape[-1]))
-    return list(zip(_tokens(tokenizer, ids.tolist()), [round(float(v), 4) for v in values]))
-
-
-@torch.no_grad()
-def decode_thoughts(student, tokenizer, question: str, top_k: int = 5, all_layers: bool = False) -> list[Thought]:
-    """Each of the student's K thoughts for ``question``, read by the logit lens and by nearest embeddings."""
-    from lori.model.sequences import student_prompt
-
-    if student.latent_steps == 0:
-        raise ArtifactError("this student has no latent thoughts (latent_steps = 0, e.g. no_cot)")
-    model = student.model
-    device = next(model.parameters()).device
-    ids = torch.tensor([student_prompt(tokenizer, question, student.latent_steps)], device=device)
-    n_layers = model.config.num_hidden_layers
-    layers = list(range(n_layers + 1)) if all_layers else [n_layers]    # hidden_states indices (0 = embeddings)
-    fed: list[torch.Tensor] = []
-    # the fed-back inputs (the projection's outputs, or the raw hidden states for Coconut), recorded
-    # by the chain itself without re-running it
-    *_, states = student._think(ids, torch.ones_like(ids), layers, record_inputs=fed)  # states [1, K, L, d]
-    emb = F.normalize(model.get_input_embeddings().weight.float(), dim=-1)            # [V, d]
-    thoughts = []
-    for k in range(student.latent_steps):
-        per_layer = {l: top_tokens(tokenizer, logit_lens(model, states[0, k, j], l == n_layers).softmax(-1), top_k)
-                     for j, l in enumerate(layers)}
-        cosine = emb @ F.normalize(fed[k][0].float(), dim=-1)                          # [V]
-        thoughts.append(Thought(k + 1, per_layer[n_layers], top_tokens(tokenizer, cosine, top_k),
-                                per_layer if all_layers else {}))
-    return thoughts
-
-
-def trace(student, tokenizer, record: Record, top_k: int = 5, all_layers: bool = False,
-          teacher_cot: tuple[str, str] | None = None, max_new_tokens: int = 32) -> ThoughtTrace:
-    """Thoughts, the student's greedy answer and the teacher's CoT for one problem."""
-    from lori.model.sequences import student_batch
-
-    device = next(student.model.parameters()).device
-    thoughts = decode_thoughts(student, tokenizer, record.question, top_k, all_layers)
-    gen = student.generate(student_batch(tokenizer, [record], student.latent_steps).to(device), max_new_tokens,
-                           tokenizer)[0]
-    cot, source = teacher_cot if teacher_cot else (None, "none")
-    return ThoughtTrace(record.id, record.question, record.answer, gen.text, is_correct(gen.text, record.answer),
-                        thoughts, cot, source, list(record.steps))
-
-
-# ---------------------------------------------------------------- finding things in a run
-def run_dir(run: str, results: str = "results") -> Path:
-    """``RUN`` as a name under ``results/`` or a path to a run directory."""
-    path = Path(run)
-    if path.is_dir() and ((path / "data").is_dir() or (path / "eval").is_dir()):
-        return path
-    path = Path(results) / run
-    if not path.is_dir():
-        raise ArtifactError(f"{path}: no such run directory (give --results DIR or a path to the run)")
-    return path
-
-
-def find_record(run: Path, example_id: str, bench: str | None = None) -> tuple[Record, str]:
-    """The record with ``example_id`` and its split, searching ``data/<bench>.jsonl`` or every split."""
-    files = [run / "data" / f"{bench}.jsonl"] if bench else sorted((run / "data").glob("*.jsonl"))
-    for path in files:
-        for r in read_records(path):
-            if r.id == example_id:
-                return r, path.stem
-    raise ArtifactError(f"{run}/data: no example with id {example_id!r} in {', '.join(p.name for p in files)} "
-                        f"(ids look like 'test-0')")
-
-
-def teacher_cots(paths: Sequence[str | Path]) -> dict[str, tuple[str, str]]:
-    """``id -> (teacher's CoT text, source file)`` from evaluation rows (``prediction``) or CoT records (``steps``)."""
-    found: dict[str, tuple[str, str]] = {}
-    for path in map(Path, paths):
-        if not path.exists():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "id" not in row or row["id"] in found:
-                continue
-            text = row.get("prediction") if "prediction" in row else " ".join(row.get("steps", []))
-            if text:
-                found[row["id"]] = (text, str(path))
-    return found
-
-
-def teacher_cot_files(run: Path, split: str) -> list[Path]:
-    """Where a run keeps the teacher's CoT for a split, most specific first."""
-    return [run / "eval" / "cot_sft" / f"{split}.jsonl", *sorted((run / "teacher_cot").glob("*.jsonl"))]
-
-
-def trace_run(run: Path, method: str, example_id: str, bench: str | None = None, top_k: int = 5,
-              all_layers: bool = False, threads: int = 1) -> ThoughtTrace:
-    from lori.model.latent import LatentStudent
-
-    torch.set_num_threads(threads)
-    record, split = find_record(run, example_id, bench)
-    path = run / "students" / method
-    if not path.is_dir():
-        have = sorted(p.name for p in (run / "students").iterdir() if p.is_dir()) if (run / "students").is_dir() else []
-        raise ArtifactError(f"{path}: no such student (this run has: {', '.join(have) or 'none'})")
-    meta = path / "latent.json"
-    if meta.exists() and json.loads(meta.read_text()).get("latent_steps") == 0:   # say so before loading weights
-        raise ArtifactError(f"{path}: this student has no latent thoughts (latent_steps = 0)")
-    student, tokenizer = LatentStudent.load(path)
-    student.eval()
-    cot = teacher_cots(teacher_cot_files(run, split)).get(record.id)
-    if cot is None and record.steps:
-        cot = (" ".join(record.steps), f"{run / 'data' / split}.jsonl (gold steps)")
-    return trace(student, tokenizer, record, top_k, all_layers, cot)
-
-
-# ---------------------------------------------------------------- rendering
-def _ranked(items: Ranked) -> str:
-    return " ".join(f"{t!r}:{s:.2f}" for t, s in items)
-
-
-def format_trace(t: ThoughtTrace) -> str:
-    """Plain-text view: the problem, one row per thought, the teacher's CoT steps beside the thoughts."""
-    steps = split_steps(t.teacher_cot.split("####")[0]) if t.teacher_cot else []
-    lines = [f"example {t.example_id}: {t.question}",
-             f"gold {t.gold}; student says {t.prediction.strip()!r} -> {'correct' if t.correct else 'wrong'}",
-             f"teacher CoT ({t.teacher_source}): {t.teacher_cot or '(none found)'}", "",
-             "thought | logit lens, last layer (token:prob) | nearest input embeddings (token:cos) | teacher step"]
-    for i, th in enumerate(t.thoughts):
-        lines.append(f"{th.step:>7} | {_ranked(th.lens)} | {_ranked(th.embedding)} | {steps[i] if i < len(steps) else ''}")
-        for layer, ranked in th.layers.items():
-            lines.append(f"        layer {layer:>2}: {_ranked(ranked)}")
-    if len(steps) > len(t.thoughts):
-        lines.append(f"        (teacher steps beyond the {len(t.thoughts)} thoughts: {' '.join(steps[len(t.thoughts):])})")
-    return "\n".join(lines)
-
-
-def trace_html(t: ThoughtTrace) -> str:
-    """An HTML table of one trace (for the report)."""
-    e = html.escape
-    steps = split_steps(t.teacher_cot.split("####")[0]) if t.teacher_cot else []
-    rows = "".join(
-        f"<tr><td>{th.step}</td><td>{e(_ranked(th.lens))}</td><td>{e(_ranked(th.embedding))}</td>"
-        f"<td>{e(steps[i]) if i < len(steps) else ''}</td></tr>" for i, th in enumerate(t.thoughts))
-    verdict = "correct" if t.correct else "wrong"
-    return (f"<p><b>{e(t.example_id)}</b>: {e(t.question)}<br>gold <b>{e(t.gold)}</b>; student: "
-            f"<code>{e(t.prediction.strip())}</code> ({verdict})<br>teacher CoT: <code>{e(t.teacher_cot or '-')}</code></p>"
-            f"<table><thead><tr><th>thought</th><th>logit lens (token:prob)</th><th>nearest embeddings (token:cos)</th>"
-            f"<th>teacher step</th></tr></thead><tbody>{rows}</tbody></table>")
+from lori.analysis.runs import run_dir
+from lori.cli import USER_ERRORS
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import USER_ERRORS
-
     ap = argparse.ArgumentParser(prog="lori thoughts", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run name under --results (e.g. quickstart) or a path to a run directory")
@@ -250,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true", help="print the trace as JSON instead of a table")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = ap.parse_args(argv)
+    # torch and transformers only after parsing: `lori thoughts --help` stays instant
     from transformers.utils import logging as hf_logging
+
+    from lori.analysis.logit_lens import format_trace, trace_run
 
     hf_logging.disable_progress_bar()     # a one-example command: no "Loading weights" bar
     try:

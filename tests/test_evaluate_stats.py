@@ -1,9 +1,10 @@
-"""Tests for the statistics of lori.evaluate: Wilson interval and the summary row."""
+"""The statistics of an evaluation: Wilson interval (lori.analysis.stats) and the summary row (lori.evaluate)."""
 from __future__ import annotations
 
 import pytest
 
-from lori.evaluate import summarize, wilson_interval
+from lori.analysis.stats import wilson_interval
+from lori.evaluate import summarize
 
 
 def test_wilson_8_of_10():

@@ -11,18 +11,19 @@ import pytest
 
 from lori.__main__ import main as lori_main
 from lori.compare import compare
-from lori.report import FIGURES, agreement, mcnemar_p, run, ReportConfig
-
-from tests.runs import make_run
+from lori.analysis.figures import FIGURES
+from lori.analysis.stats import agreement, mcnemar_p
+from lori.report import ReportConfig, run
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, synthetic_run):
     import torch
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    a = make_run(root, "a", seed=0)
+    a = root / "a"
+    shutil.copytree(synthetic_run, a)                 # the report is written into the run
     b = root / "b"
     shutil.copytree(a / "eval", b / "eval")           # same problems, a different lori: a paired comparison
     rows = [json.loads(l) for l in (b / "eval" / "lori" / "test.jsonl").read_text().splitlines()]

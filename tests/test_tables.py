@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lori.evaluate import wilson_interval
+from lori.analysis.stats import wilson_interval
 from lori.analysis.tables import ablation_table, methods_table, paper_table, training_cost
 
 

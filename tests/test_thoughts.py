@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,15 +11,16 @@ from lori.__main__ import main as lori_main
 from lori.data.records import read_records
 from lori.model.latent import LatentStudent
 from lori.model.sequences import student_prompt
-from lori.thoughts import decode_thoughts, logit_lens, main, trace_run
-
-from tests.runs import make_run
+from lori.analysis.logit_lens import decode_thoughts, logit_lens, trace_run
+from lori.thoughts import main
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, synthetic_run):
     torch.set_num_threads(1)
-    return make_run(tmp_path_factory.mktemp("thoughts"))
+    copy = tmp_path_factory.mktemp("thoughts") / synthetic_run.name
+    shutil.copytree(synthetic_run, copy)              # test_trace_falls_back_to_gold_steps moves a file
+    return copy
 
 
 @pytest.fixture(scope="module")

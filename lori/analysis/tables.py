@@ -1,17 +1,19 @@
-"""The report's comparison tables: methods over seeds, training cost, thought-shuffle, ablations.
+"""The report's tables: results per student, methods over seeds, training cost, thought-shuffle,
+ablations, per-problem agreement.
 
-Plain functions from evaluation summaries (``eval/<student>/<bench>.json``) and training
-metrics (``students/<student>_metrics.jsonl``) to ``(header, rows)``; :mod:`lori.report`
-renders them. Students named ``<variant>-seed<k>`` (:mod:`lori.sweep`) are grouped by variant:
-accuracy is the mean over seeds ± the sample standard deviation, and the 95% CI is Wilson's
-on all seeds' problems pooled.
+Plain functions from evaluation summaries (``eval/<student>/<bench>.json``), training metrics
+(``students/<student>_metrics.jsonl``) and agreement pairs (:func:`lori.analysis.stats.agreement`)
+to ``(header, rows)`` of strings; :mod:`lori.analysis.render` renders them. Students named
+``<variant>-seed<k>`` (:mod:`lori.sweep`) are grouped by variant: accuracy is the mean over
+seeds ± the sample standard deviation, and the 95% CI is Wilson's on all seeds' problems pooled.
 """
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
 
-from lori.evaluate import wilson_interval
+from lori.analysis.stats import wilson_interval
+from lori.lowrank.maths import energy_curve
 from lori.sweep import split_student, total_flops
 
 Table = tuple[list[str], list[list[str]]]
@@ -50,6 +52,10 @@ def training_cost(metrics: list[dict]) -> dict:
 METHOD_ORDER = ("cot_sft", "no_cot", "icot_si", "coconut", "codi", "lori")
 
 
+PAPER_NOTE = ("Accuracy: mean ± sample sd over seeds [Wilson 95% CI on all seeds' problems pooled]; "
+              "tokens and latency averaged over the benchmarks.")
+
+
 def paper_table(summaries: list[dict], bench_order: tuple[str, ...] = ()) -> Table:
     """Method x benchmark, as the papers print it: accuracy mean ± sd over seeds [pooled Wilson 95% CI]
     per benchmark, then generated tokens and latency averaged over the benchmarks.
@@ -80,6 +86,12 @@ def paper_table(summaries: list[dict], bench_order: tuple[str, ...] = ()) -> Tab
         rows.append([variant, str(seeds), *cells, f"{statistics.mean(tokens):.1f}",
                      f"{1000 * statistics.mean(latency):.2f}"])
     return header, rows
+
+
+METHODS_NOTE = ("Accuracy: mean ± standard deviation over seeds (one seed: the value); the CI pools all seeds' "
+                "problems. Shuffled thoughts: the same student answering with another problem's thoughts "
+                "(drop = reliance on its own thoughts). Training cost per seed: optimizer steps, wall seconds, "
+                "and 6 x parameters x positions FLOPs; the teacher (cot_sft) is counted under teacher training.")
 
 
 def methods_table(summaries: list[dict], metrics: dict[str, list[dict]]) -> Table:
@@ -128,3 +140,39 @@ def ablation_table(summaries: list[dict], sweep: dict[str, dict]) -> Table:
                          _mean_sd([s["accuracy"] for s in base]) if base else "—",
                          f"{100 * (acc - base_acc):+.1f}" if base_acc is not None else "—"])
     return header, rows
+
+
+def results_table(summaries: list[dict]) -> Table:
+    """One row per evaluated student and benchmark, as the summaries have it."""
+    header = ["method", "benchmark", "accuracy %", "95% CI", "n", "generated tokens", "latent steps", "ms / problem"]
+    rows = []
+    for s in sorted(summaries, key=lambda s: (s["bench"], s["method"])):
+        rows.append([s["method"], s["bench"], f"{100 * s['accuracy']:.1f}",
+                     f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]", str(s["n"]),
+                     f"{s['generated_tokens']:.1f}", f"{s['latent_steps']:.0f}", f"{1000 * s['latency_s']:.2f}"])
+    return header, rows
+
+
+AGREEMENT_NOTE = ("Paired on problem ids. McNemar p: exact two-sided test that the problems only one method "
+                  "gets right split evenly (a small p: the accuracy difference is unlikely to be chance).")
+
+
+def agreement_table(pairs: list[dict]) -> Table:
+    """One row per pair of methods on a benchmark (:func:`lori.analysis.stats.agreement`)."""
+    header = ["benchmark", "A", "B", "n", "both right", "only A", "only B", "neither", "agree %", "McNemar p"]
+    return header, [[p["bench"], p["a"], p["b"], str(p["n"]), str(p["both"]), str(p["only_a"]), str(p["only_b"]),
+                     str(p["neither"]), f"{100 * p['agree']:.1f}", f"{p['p']:.3g}"] for p in pairs]
+
+
+def factors_table(factors: dict) -> Table:
+    """Per mode of a factors summary (:func:`lori.analysis.runs.load_factor_summary`): chosen rank and energy."""
+    header = ["mode", "rank", "energy at rank %", "energy at ranks 1..8 %"]
+    rows = [[mode, str(factors[f"rank_{mode}"]), f"{100 * factors[f'energy_{mode}']:.1f}",
+             ", ".join(f"{100 * e:.0f}" for e in energy_curve(factors[f"spectrum_{mode}"])[:8])]
+            for mode in ("layer", "hidden")]
+    return header, rows
+
+
+def factors_note(f: dict) -> str:
+    return (f"{f['tokens']} CoT tokens, layers {f.get('layers')}, centred={f.get('centered')}, "
+            f"scaling={f.get('layer_scaling')}; joint energy {100 * f['energy_joint']:.1f}%.")

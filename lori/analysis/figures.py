@@ -1,0 +1,229 @@
+"""The report's figures, each written as PNG + SVG (vector, for papers).
+
+- :func:`plot_spectrum`: energy vs rank per mode of the factors store, chosen rank marked;
+- :func:`plot_effective_rank`: per-example effective rank and energy kept vs CoT length;
+- :func:`plot_training`: loss curves, one panel per loss term, one line per method;
+- :func:`plot_accuracy_tokens`: accuracy (Wilson 95% CI) vs generated tokens, every method and benchmark;
+- :func:`plot_agreement`: per-problem agreement between methods (heatmap per benchmark);
+- :func:`plot_placeholder`: a labelled empty figure for one whose data is missing.
+
+:func:`draw_figures` draws the report's fixed set (:data:`FIGURES`). matplotlib is imported on
+first use, inside the functions (on the file-only Agg backend): it costs about half a second and
+only drawing needs it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lori.analysis.stats import Correctness, conditional_agreement
+from lori.lowrank.maths import energy_curve
+
+#: the figures of every report, always written (a placeholder when their data is missing)
+FIGURES = ("spectrum", "effective_rank", "training", "accuracy_vs_tokens", "agreement")
+CAPTIONS = {
+    "spectrum": "Energy captured vs rank, per mode, of the teacher's CoT trajectories (chosen rank dashed)",
+    "effective_rank": "Per-trajectory effective rank, and energy kept by the global factors, vs CoT length",
+    "training": "Training losses per term (teacher and students)",
+    "accuracy_vs_tokens": "Accuracy (Wilson 95% CI) vs generated tokens per problem, every method and benchmark",
+    "agreement": "Per-problem agreement: % of A's correct answers that B also gets right (diagonal: accuracy)",
+}
+NOT_LOSSES = {"step", "lr", "sec_per_step"}     # metrics columns that are not loss terms
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """``path`` (PNG) and the same figure as SVG next to it (vector, for papers)."""
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".svg"))
+    _pyplot().close(fig)
+
+
+def plot_placeholder(path: Path, title: str, reason: str) -> None:
+    """A labelled empty figure: the report's file set stays fixed when an input is absent."""
+    fig, ax = _pyplot().subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}: not available\n({reason})", ha="center", va="center", wrap=True)
+    save_figure(fig, path)
+
+
+def plot_spectrum(factors: dict, path: Path) -> None:
+    """Energy captured vs rank per mode, with the chosen rank and the isotropic baseline."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, mode, rank in [(axes[0], "layer", factors["rank_layer"]), (axes[1], "hidden", factors["rank_hidden"])]:
+        curve = energy_curve(factors[f"spectrum_{mode}"])
+        ranks = np.arange(1, len(curve) + 1)
+        ax.plot(ranks, 100 * curve, marker="o" if len(curve) <= 40 else None, ms=3, label="teacher trajectories")
+        # what r of n dims would keep with no low-rank structure at all (isotropic data)
+        ax.plot(ranks, 100 * ranks / len(curve), color="0.6", ls=":", label="isotropic (no structure)")
+        ax.axvline(rank, color="C3", ls="--", label=f"chosen rank {rank} ({100 * curve[rank - 1]:.1f}%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"rank ({mode} mode)")
+        ax.set_ylabel("energy captured (%)")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        ax.set_title(f"{mode} mode: {len(curve)} dims")
+    fig.suptitle(f"Teacher trajectory spectra ({factors['tokens']} CoT tokens; joint energy "
+                 f"{100 * factors['energy_joint']:.1f}% at {factors['rank_layer']}x{factors['rank_hidden']})")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_accuracy_tokens(summaries: list[dict], path: Path) -> None:
+    """Per benchmark, each summary's accuracy with its Wilson CI against its generated tokens (log x)."""
+    plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    benches = sorted({s["bench"] for s in summaries})
+    methods = sorted({s["method"] for s in summaries})          # one colour per method across panels
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        for s in sorted((s for s in summaries if s["bench"] == bench), key=lambda s: s["method"]):
+            acc, lo, hi = 100 * s["accuracy"], 100 * s["ci_low"], 100 * s["ci_high"]
+            label = s["method"] + (f" (K={s['latent_steps']:.0f})" if s.get("latent_steps") else "")
+            ax.errorbar([s["generated_tokens"]], [acc], yerr=[[acc - lo], [hi - acc]], fmt="o",
+                        color=f"C{methods.index(s['method'])}", capsize=4, label=label)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("generated tokens per problem (log)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(bench)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_training(metrics: dict[str, list[dict]], path: Path) -> None:
+    """One panel per loss term (total, task, reason and its parts, anchor, ...), one line per method."""
+    plt = _pyplot()
+    keys = ["loss", "task", "reason", "anchor"]          # the main terms first, in the objective's order
+    keys += sorted({k for rows in metrics.values() for r in rows for k in r} - NOT_LOSSES - set(keys))
+    keys = [k for k in keys if any(k in r for rows in metrics.values() for r in rows)]
+    cols = min(4, len(keys))
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4 * cols, 3.4 * math.ceil(len(keys) / cols)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for i, (name, rows) in enumerate(sorted(metrics.items())):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=name, color=f"C{i}")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        if all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_agreement(rows: Correctness, path: Path) -> None:
+    """Per benchmark, a methods x methods heatmap of P(B right | A right); the diagonal is accuracy."""
+    plt = _pyplot()
+    benches = sorted({b for _, b in rows})
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.6 * len(benches), 4), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        methods, mat = conditional_agreement(rows, bench)
+        ax.imshow(mat, vmin=0, vmax=100, cmap="viridis")
+        for (i, j), v in np.ndenumerate(mat):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=9)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_yticks(range(len(methods)), methods)
+        ax.set_xlabel("B")
+        ax.set_ylabel("A")
+        ax.set_title(f"{bench}: % of A's right answers B also gets\n(diagonal: accuracy)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Median of y per distinct x (when few) or per x-quantile bin; bins with < 3 points dropped."""
+    if len(np.unique(x)) > 3 * bins:
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+        x_bin = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    else:
+        x_bin = x
+    pts = [(np.median(x[x_bin == b]), np.nanmedian(y[x_bin == b])) for b in np.unique(x_bin) if (x_bin == b).sum() >= 3]
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def plot_effective_rank(factors: dict, path: Path) -> None:
+    """Per-example effective rank, and energy kept by the global factors, against CoT length."""
+    plt = _pyplot()
+    ok = factors["cot_length"] > 0
+    length, erank, kept = factors["cot_length"][ok], factors["effective_rank"][ok], 100 * factors["energy_captured"][ok]
+    core = f"{factors['rank_layer']}x{factors['rank_hidden']}"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, y, label in [(axes[0], erank, "effective rank"), (axes[1], kept, f"energy kept by the {core} core (%)")]:
+        # fainter points for bigger sets, so the density shows
+        ax.scatter(length, y, s=7, lw=0, color="C0", alpha=float(np.clip(20 / np.sqrt(max(len(y), 1)), 0.05, 0.6)),
+                   label="one trajectory")
+        ax.plot(*_binned_median(length, y), color="C3", lw=2, marker="o", ms=3, label="median")
+        ax.set_xlabel("CoT length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if len(length):
+        top = float(length.max())
+        axes[0].plot([1, top], [1, top], "k--", lw=1, label="upper bound: rank = length")
+        axes[0].set_ylim(0, 1.05 * top)
+        axes[0].set_title(f"effective rank: median {np.median(erank):.1f} at median length {np.median(length):.0f}")
+        axes[1].set_title(f"energy kept per trajectory: median {np.nanmedian(kept):.1f}%")
+    axes[1].axhline(100 * factors["energy_joint"], color="k", ls=":", lw=1,
+                    label=f"all tokens: {100 * factors['energy_joint']:.1f}%")
+    axes[1].set_ylim(0, 101)
+    for ax in axes:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Teacher CoT trajectories, one at a time ({int(ok.sum())} examples; layers {factors.get('layers')}, "
+                 f"centred={factors.get('centered')}, scaling={factors.get('layer_scaling')})")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_figures(folder: Path, summaries: list[dict], factors: dict | None, metrics: dict[str, list[dict]],
+                 per_problem: Correctness) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Every figure of :data:`FIGURES` into ``folder``, a placeholder for each whose input is missing.
+
+    Returns ``([(file name, caption)] of the real figures, {name: why missing})``.
+    """
+    missing = {}
+    if factors is not None:
+        plot_spectrum(factors, folder / "spectrum.png")
+    else:
+        missing["spectrum"] = "no factors store given"
+    if factors is not None and "effective_rank" in factors:
+        plot_effective_rank(factors, folder / "effective_rank.png")
+    else:
+        missing["effective_rank"] = "no per-example diagnostics in the factors store"
+    if metrics and any(metrics.values()):
+        plot_training(metrics, folder / "training.png")
+    else:
+        missing["training"] = "no training metrics given"
+    plot_accuracy_tokens(summaries, folder / "accuracy_vs_tokens.png")
+    if per_problem:
+        plot_agreement(per_problem, folder / "agreement.png")
+    else:
+        missing["agreement"] = "no per-problem eval rows next to the summaries"
+    for name, reason in missing.items():
+        plot_placeholder(folder / f"{name}.png", name, reason)
+    return [(f"{name}.png", CAPTIONS[name]) for name in FIGURES if name not in missing], missing
