@@ -16,16 +16,17 @@ import random
 import time
 
 import torch
-
-from lori.data.records import read_records
-from lori.distill import DistillConfig, TeacherTargets, build_student, make_loss_step
-from lori.factorize import load_factors
-from lori.model.loading import load_checkpoint
-from lori.training import recipes
-from lori.training.recipes import RECIPES
-from lori.model.sequences import teacher_batch, teacher_sequence
-
 from benchlib import device_name, run_parser, setup, sync
+
+from lori.artifacts.factors import load_factors
+from lori.artifacts.targets import read_targets
+from lori.data.records import read_records
+from lori.distill import DistillConfig, build_student
+from lori.model.loading import load_checkpoint
+from lori.model.sequences import teacher_batch, teacher_sequence
+from lori.training.recipes.base import RecipeContext
+from lori.training.recipes.lori import TeacherTargets
+from lori.training.recipes.registry import RECIPES
 
 
 def timed(steps: dict, batches, device, warmup: int = 3) -> dict[str, float]:
@@ -52,7 +53,7 @@ def main() -> None:
     device, run = setup(args, ["teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"])
     records = read_records(run / "teacher_cot/train.jsonl")
     factors, _ = load_factors(str(run / "lowrank/factors.zarr"))
-    targets = TeacherTargets(str(run / "targets/train.zarr"), [r.id for r in records], "full").to(device)
+    targets = TeacherTargets(read_targets(run / "targets/train.zarr", [r.id for r in records]), "full").to(device)
     factors = factors.to(device)
     rng = random.Random(0)
     batches = [rng.sample(range(len(records)), args.batch_size) for _ in range(args.steps + 3)]
@@ -61,10 +62,9 @@ def main() -> None:
         student, tok = build_student(cfg, str(run / "teacher"))
         student.to(device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-        if cfg.method in RECIPES:     # the baselines' own loss steps (CODI runs its teacher pass in the loop)
-            loss_step = recipes.build(cfg, student, tok, records, device).loss_step
-        else:
-            loss_step = make_loss_step(cfg, student, tok, records, targets, factors, device)
+        # each method's own loss step (CODI runs its teacher pass in the loop)
+        ctx = RecipeContext(student, tok, records, device, cfg.seed, cfg.steps, targets, factors)
+        loss_step = RECIPES[cfg.method](cfg.args, ctx).loss_step
 
         def step(idx):
             loss = loss_step(idx)["loss"]

@@ -1,4 +1,4 @@
-"""The baseline recipes (lori/recipes/): each method's defining mechanics, pinned with real numbers,
+"""The baseline recipes (lori/training/recipes/): each method's defining mechanics, pinned with real numbers,
 and each trains a few steps on the tiny model and evaluates through lori.evaluate."""
 from __future__ import annotations
 
@@ -10,26 +10,28 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lori import distill, evaluate, prepare_data, teacher_sft
+from lori import distill, evaluate
 from lori.data.records import ANSWER_SEP, EOT, Record, cot_text, read_records
 from lori.distill import DistillConfig
+from lori.training.recipes.base import RecipeContext
 from lori.model.latent import LatentStudent
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes import coconut, codi, icot_si
 from lori.model.sequences import drop_cot_tokens, encode, student_batch, teacher_batch, teacher_sequence
-from tests.tiny import RUNTIME, TINY
+from tests.runs import ROOT, planned_jobs, snakemake
+from tests.tiny import RUNTIME
+
+
+def build(module, cfg, model, tok, records, device="cpu"):
+    """A recipe's loss step as the distill stage builds it (typed args + context)."""
+    return module.build(cfg.args, RecipeContext(model, tok, records, device, cfg.seed, cfg.steps))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny teacher (3 SFT steps) on 48 generated problems, and 12 test problems."""
-    d = tmp_path_factory.mktemp("recipes")
-    p = {"train": str(d / "train.jsonl"), "test": str(d / "test.jsonl"), "teacher": str(d / "teacher"), "dir": d}
-    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "48", "--out", p["train"]])
-    prepare_data.main(["--split", "test", "--kind", "quickstart", "--n", "12", "--out", p["test"], "--exclude", p["train"]])
-    teacher_sft.main(["--train", p["train"], "--out", p["teacher"], "--metrics", str(d / "tm.jsonl"), "--scratch", TINY,
-                      "--steps", "3", "--batch-size", "8", *RUNTIME])
-    return p
+def tiny(tmp_path_factory, tiny_teacher):
+    """The shared tiny teacher (3 SFT steps) on 48 generated problems, 12 test problems, and a directory for outputs."""
+    return {"train": str(tiny_teacher.train), "test": str(tiny_teacher.test), "teacher": str(tiny_teacher.teacher),
+            "dir": tmp_path_factory.mktemp("recipes")}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny):
 def test_coconut_resets_the_optimizer_at_stage_boundaries(tiny, student):
     model, tok = student
     cfg = DistillConfig(method="coconut", steps=400, steps_per_stage=100, threads=1, device="cpu")
-    recipe = coconut.build(cfg, model, tok, read_records(tiny["train"]), "cpu")
+    recipe = build(coconut, cfg, model, tok, read_records(tiny["train"]))
     assert [s for s in range(400) if recipe.on_step(s)] == [100, 200, 300]
 
 
@@ -147,7 +149,7 @@ def test_icot_resets_the_optimizer_when_the_count_grows_and_refuses_a_short_sche
     longest = max(teacher_sequence(tok, r).cot_len for r in records)
     cfg = DistillConfig(method="icot_si", steps=longest * 2 + 5, steps_per_stage=2, remove_per_stage=1,
                         threads=1, device="cpu")
-    recipe = icot_si.build(cfg, model, tok, records, "cpu")
+    recipe = build(icot_si, cfg, model, tok, records)
     resets = [s for s in range(cfg.steps) if recipe.on_step(s)]
     assert resets == list(range(2, 2 * longest + 1, 2))             # one per removed token, none once all is gone
     recipe.on_step(cfg.steps - 1)
@@ -155,7 +157,7 @@ def test_icot_resets_the_optimizer_when_the_count_grows_and_refuses_a_short_sche
     assert terms["cot_left"].item() == 0 and terms["loss"].requires_grad
     short = DistillConfig(method="icot_si", steps=longest, steps_per_stage=1, remove_per_stage=1, threads=1, device="cpu")
     with pytest.raises(ValueError, match=f"longest CoT has {longest} tokens"):
-        icot_si.build(short, model, tok, records, "cpu")
+        build(icot_si, short, model, tok, records)
 
 
 # ---------------------------------------------------------------- CODI
@@ -188,7 +190,7 @@ def test_codi_distillation_gradient_reaches_only_the_student_pass(tiny, student)
     torch.manual_seed(0)
     records = read_records(tiny["train"])[:4]
     cfg = DistillConfig(method="codi", threads=1, device="cpu")
-    terms = codi.build(cfg, model, tok, records, "cpu").loss_step([0, 1, 2, 3])
+    terms = build(codi, cfg, model, tok, records).loss_step([0, 1, 2, 3])
     assert set(terms) == {"loss", "task", "distill", "teacher", "flops"}
     assert terms["loss"].item() == pytest.approx((terms["task"] + terms["distill"] + terms["teacher"]).item(), rel=1e-5)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -270,7 +272,7 @@ def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback
     loaded, tok = LatentStudent.load(out)
     assert loaded.latent_steps == k and loaded.feedback == feedback
     if k > 0:                                           # the report decodes every latent student's thoughts
-        from lori.thoughts import decode_thoughts
+        from lori.analysis.logit_lens import decode_thoughts
 
         assert len(decode_thoughts(loaded.eval(), tok, FOUR.question)) == k
     summary = evaluate.run(evaluate.EvaluateConfig(method=method, max_new_tokens=4, threads=1, device="cpu"),
@@ -283,9 +285,6 @@ def test_each_recipe_trains_saves_and_evaluates(tiny, method, extra, k, feedback
 
 
 def test_baselines_profile_plans_every_method_and_recipes_need_no_targets(tmp_path):
-    from lori.config import ROOT
-    from tests.test_workflow import planned_jobs, snakemake
-
     res = snakemake(tmp_path, "-n", "-p", configfile=ROOT / "config" / "profiles" / "baselines.yaml")
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = planned_jobs(res)
@@ -306,12 +305,12 @@ def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeyp
     step, so a run stopped after its step-3 checkpoint and rerun ends bitwise where a straight run does."""
     from safetensors.torch import load_file
 
-    from lori.training import recipes
+    from lori.training.recipes import registry
 
     args = ["--method", method, "--teacher", tiny["teacher"], "--records", tiny["train"], "--steps", "6",
             "--batch-size", "4", "--checkpoint-every", "3", *extra, *RUNTIME]
     distill.main([*args, "--out", str(tmp_path / "straight")])
-    real_build = recipes.build
+    real_build = registry.RECIPES[method]
 
     def crashing_build(*a, **kw):
         recipe, calls = real_build(*a, **kw), []
@@ -321,13 +320,13 @@ def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeyp
             if len(calls) == 5:                      # step 4 of 6: after the step-3 checkpoint
                 raise KeyboardInterrupt("killed")
             return recipe.loss_step(idx)
-        return recipes.Recipe(loss_step, recipe.on_step)
+        return registry.Recipe(loss_step, recipe.on_step)
 
-    monkeypatch.setattr(recipes, "build", crashing_build)
+    monkeypatch.setitem(registry.RECIPES, method, crashing_build)
     with pytest.raises(KeyboardInterrupt):
         distill.main([*args, "--out", str(tmp_path / "resumed")])
     assert (tmp_path / "resumed.ckpt" / "meta.json").exists()
-    monkeypatch.setattr(recipes, "build", real_build)
+    monkeypatch.setitem(registry.RECIPES, method, real_build)
     distill.main([*args, "--out", str(tmp_path / "resumed")])
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -27,13 +27,22 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from lori.progress import tqdm   # tqdm that also writes lines into log files
 
 import lori
-from lori.config import config_hash
 from lori.artifacts.store import atomic_path, atomic_write_text
-from lori.training.distributed import PARALLEL, DistInfo, all_finite, average_gradients, barrier, is_fsdp, rank_slice, shard_fsdp
+from lori.config import config_hash
 from lori.model.precision import autocast_context, params_device
+from lori.progress import tqdm  # tqdm that also writes lines into log files
+from lori.training.distributed import (
+    PARALLEL,
+    DistInfo,
+    all_finite,
+    average_gradients,
+    barrier,
+    is_fsdp,
+    rank_slice,
+    shard_fsdp,
+)
 
 log = logging.getLogger("lori.training.loop")
 

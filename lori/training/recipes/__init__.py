@@ -1,32 +1,14 @@
-"""Baseline distill recipes: one small module per method, sharing the student, trainer and data.
+"""Training recipes: one module per student method, sharing the student, the loop and the data.
 
-Each module exposes ``build(cfg, student, tokenizer, records, device) -> Recipe``; :mod:`lori.distill`
-dispatches on ``cfg.method`` (``RECIPES``) and runs the returned ``loss_step`` (and ``on_step``,
-the curriculum hook) in the shared loop :func:`lori.training.loop.fit`. ``lori`` and ``no_cot`` stay in
-:mod:`lori.distill` (they read the dumped teacher's targets).
+- :mod:`~lori.training.recipes.args` — each method's typed knobs (``ARGS``), torch-free;
+- :mod:`~lori.training.recipes.base` — what a recipe returns (:class:`Recipe`) and is given
+  (:class:`RecipeContext`);
+- :mod:`~lori.training.recipes.registry` — ``RECIPES``: method -> ``build(args, ctx) -> Recipe``;
+- one module per method: :mod:`lori <lori.training.recipes.lori>` (trajectory statistics + anchor),
+  :mod:`no_cot <lori.training.recipes.no_cot>`, :mod:`codi <lori.training.recipes.codi>`,
+  :mod:`coconut <lori.training.recipes.coconut>`, :mod:`icot_si <lori.training.recipes.icot_si>`.
 
-- :mod:`lori.training.recipes.codi` — CODI (Shen et al. 2025): in-loop self-distillation of the pre-answer state.
-- :mod:`lori.training.recipes.coconut` — Coconut (Hao et al. 2024): stage curriculum, hidden state fed back.
-- :mod:`lori.training.recipes.icot_si` — iCoT-SI (Deng et al. 2024): stepwise removal of CoT tokens.
+The loop (:func:`lori.training.loop.fit`) optimises the ``"loss"`` key of ``loss_step(indices)``
+and logs every other key; ``on_step(step)`` runs before each step (a curriculum) and returns True
+to reset the optimizer. This package's ``__init__`` imports nothing, so reading the Args stays torch-free.
 """
-from __future__ import annotations
-
-import importlib
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-RECIPES = ("codi", "coconut", "icot_si")
-
-
-@dataclass
-class Recipe:
-    loss_step: Callable[[list[int]], dict[str, torch.Tensor]]   # key "loss" is optimised, the rest logged
-    on_step: Callable[[int], bool] | None = None                 # called before each step; True = reset the optimizer
-
-
-def build(cfg, student, tokenizer, records, device) -> Recipe:
-    if cfg.method not in RECIPES:
-        raise ValueError(f"no recipe module for method {cfg.method!r} (one of {', '.join(RECIPES)})")
-    return importlib.import_module(f"lori.training.recipes.{cfg.method}").build(cfg, student, tokenizer, records, device)

@@ -22,9 +22,10 @@ import torch
 
 from lori.data.records import ANSWER_SEP, BOT, EOT, Record
 from lori.model.loading import num_params
-from lori.training.recipes import Recipe
 from lori.model.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
 from lori.training.loop import step_flops
+from lori.training.recipes.args import CoconutArgs
+from lori.training.recipes.base import Recipe, RecipeContext
 
 
 def stage_at(step: int, steps_per_stage: int, max_stage: int) -> int:
@@ -60,15 +61,15 @@ def coconut_batch(tokenizer, records: list[Record], stage: int, thoughts_per_ste
     return StudentBatch(p_ids, p_mask, s_ids, s_mask, 1, idx), thoughts
 
 
-def build(cfg, student, tokenizer, records, device) -> Recipe:
-    device = torch.device(device)
-    c, max_stage, per_stage = cfg.thoughts_per_step, cfg.max_stage, cfg.steps_per_stage
+def build(args: CoconutArgs, ctx: RecipeContext) -> Recipe:
+    device, student, tokenizer, records = torch.device(ctx.device), ctx.student, ctx.tokenizer, ctx.records
+    c, max_stage, per_stage = args.thoughts_per_step, args.max_stage, args.steps_per_stage
     state = {"stage": 1}
     params = num_params(student)
 
     def on_step(step: int) -> bool:
         state["stage"] = stage_at(step, per_stage, max_stage)
-        return cfg.reset_optimizer and step > 0 and state["stage"] != stage_at(step - 1, per_stage, max_stage)
+        return args.reset_optimizer and step > 0 and state["stage"] != stage_at(step - 1, per_stage, max_stage)
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         batch, thoughts = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], c, max_stage, idx)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from lori.training.losses import normalized_smooth_l1
 from lori.model.loading import num_params
-from lori.training.recipes import Recipe
 from lori.model.sequences import student_batch, teacher_batch, teacher_sequence
 from lori.training.loop import step_flops
+from lori.training.losses import normalized_smooth_l1
+from lori.training.recipes.args import CodiArgs
+from lori.training.recipes.base import Recipe, RecipeContext
 
 
 def teacher_steps(steps: list[str], include_last_step: bool) -> list[str]:
@@ -38,10 +39,10 @@ def teacher_anchor_states(hidden_states, anchors: torch.Tensor) -> torch.Tensor:
     return torch.stack([h[rows, anchors] for h in hidden_states], dim=1)
 
 
-def build(cfg, student, tokenizer, records, device) -> Recipe:
-    device = torch.device(device)
+def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
+    device, student, tokenizer, records = torch.device(ctx.device), ctx.student, ctx.tokenizer, ctx.records
     layers = list(range(student.model.config.num_hidden_layers + 1))     # embeddings + every block
-    teacher_seqs = [teacher_sequence(tokenizer, r, teacher_steps(r.steps, cfg.include_last_step)) for r in records]
+    teacher_seqs = [teacher_sequence(tokenizer, r, teacher_steps(r.steps, args.include_last_step)) for r in records]
     params = num_params(student)
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
@@ -51,13 +52,13 @@ def build(cfg, student, tokenizer, records, device) -> Recipe:
         anchors = torch.tensor([s.anchor for s in seqs], device=device)
         # CODI reads the teacher's states under no_grad: the distillation loss trains only the student pass
         t_states = teacher_anchor_states(t_out.hidden_states, anchors).detach()      # [B, L+1, d]
-        sb = student_batch(tokenizer, [records[i] for i in idx], cfg.latent_steps, idx).to(device)
+        sb = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
         s_out = student(sb, layers)
         # both passes count: the teacher's sequence and the student's prompt + thoughts + answer
-        positions = tb["input_ids"].numel() + sb.prompt_ids.numel() + len(idx) * cfg.latent_steps + sb.suffix_ids.numel()
+        positions = tb["input_ids"].numel() + sb.prompt_ids.numel() + len(idx) * args.latent_steps + sb.suffix_ids.numel()
         with torch.autocast(device.type, enabled=False):
             distill = normalized_smooth_l1(s_out.anchor.float(), t_states.float())
-        loss = s_out.task_loss.float() + cfg.distill_weight * distill + cfg.teacher_weight * t_out.loss.float()
+        loss = s_out.task_loss.float() + args.distill_weight * distill + args.teacher_weight * t_out.loss.float()
         return {"loss": loss, "task": s_out.task_loss, "distill": distill, "teacher": t_out.loss,
                 "flops": torch.tensor(step_flops(params, positions))}
 

@@ -22,9 +22,10 @@ import math
 import torch
 
 from lori.model.loading import num_params
-from lori.training.recipes import Recipe
 from lori.model.sequences import drop_cot_tokens, teacher_batch, teacher_sequence
 from lori.training.loop import step_flops
+from lori.training.recipes.args import IcotSIArgs
+from lori.training.recipes.base import Recipe, RecipeContext
 
 MAX_OFFSET = 100   # the reference code's support of the smoothing offset
 
@@ -58,33 +59,33 @@ def removal_counts(cot_lens: list[int], scheduled: float, dist: torch.Tensor | N
     return [min(n, int(scheduled) + o) for n, o in zip(cot_lens, offsets)]
 
 
-def build(cfg, student, tokenizer, records, device) -> Recipe:
-    device = torch.device(device)
+def build(args: IcotSIArgs, ctx: RecipeContext) -> Recipe:
+    device, student, tokenizer, records = torch.device(ctx.device), ctx.student, ctx.tokenizer, ctx.records
     seqs = [teacher_sequence(tokenizer, r) for r in records]
     longest = max(s.cot_len for s in seqs)
-    per_token = steps_per_token(cfg.steps_per_stage, cfg.remove_per_stage)
-    last = scheduled_removal(cfg.steps - 1, per_token, cfg.remove_all_beyond)
+    per_token = steps_per_token(args.steps_per_stage, args.remove_per_stage)
+    last = scheduled_removal(ctx.steps - 1, per_token, args.remove_all_beyond)
     if last < longest:
         need = longest * max(per_token, 1) + 1
-        raise ValueError(f"icot_si: the schedule removes {last} CoT tokens by the last step ({cfg.steps} steps, "
-                         f"one token every {max(per_token, 1)} step(s) = {cfg.remove_per_stage} per "
-                         f"{cfg.steps_per_stage} steps) but the longest CoT has "
+        raise ValueError(f"icot_si: the schedule removes {last} CoT tokens by the last step ({ctx.steps} steps, "
+                         f"one token every {max(per_token, 1)} step(s) = {args.remove_per_stage} per "
+                         f"{args.steps_per_stage} steps) but the longest CoT has "
                          f"{longest} tokens; training must end with no CoT left (evaluation answers without one): "
                          f"use steps >= {need}, fewer steps_per_stage, more remove_per_stage, or remove_all_beyond")
-    dist = removal_distribution(cfg.removal_lambda) if cfg.removal_lambda is not None else None
+    dist = removal_distribution(args.removal_lambda) if args.removal_lambda is not None else None
     state = {"step": 0}
     params = num_params(student)
 
     def on_step(step: int) -> bool:
         state["step"] = step
-        if not cfg.reset_optimizer or step == 0:
+        if not args.reset_optimizer or step == 0:
             return False
-        prev = scheduled_removal(step - 1, per_token, cfg.remove_all_beyond)
-        return scheduled_removal(step, per_token, cfg.remove_all_beyond) > prev and prev < longest
+        prev = scheduled_removal(step - 1, per_token, args.remove_all_beyond)
+        return scheduled_removal(step, per_token, args.remove_all_beyond) > prev and prev < longest
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
-        scheduled = scheduled_removal(state["step"], per_token, cfg.remove_all_beyond)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
+        scheduled = scheduled_removal(state["step"], per_token, args.remove_all_beyond)
+        gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + state["step"])
         counts = removal_counts([seqs[i].cot_len for i in idx], scheduled, dist, gen)
         cut = [drop_cot_tokens(seqs[i], n) for i, n in zip(idx, counts)]
         batch = {k: v.to(device) for k, v in teacher_batch(tokenizer, cut).items()}

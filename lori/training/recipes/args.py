@@ -1,0 +1,183 @@
+"""Each student method's own knobs: one typed dataclass per recipe, with its paper's defaults.
+
+``ARGS`` maps a method to its ``Args`` class; adding a knob to one method means one field here
+(with its default and a comment) and its entry in the config schema (``distill.<method>``, and
+``$defs/variant`` for sweeps). The stage's config, its CLI and the config file's
+``distill.<method>`` block give the knobs flat (``--alpha 0.5``); :func:`recipe_args` sorts them
+to the method's class and refuses a knob that belongs to another method.
+
+Torch-free on purpose: the Snakefile asks :attr:`LoriArgs.needs_targets` while it builds the
+DAG. The loss steps that read these knobs are the recipe modules next to this one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class LoriArgs:
+    """LoRi (ours, after the paper): ``L = L_task + alpha * L_reason + gamma * L_anchor``."""
+    latent_steps: int = 6                # K continuous thoughts
+    alpha: float = 1.0                   # weight of L_reason (trajectory mean + covariance in the core)
+    gamma: float = 1.0                   # weight of L_anchor (pre-answer state vs the teacher's)
+    w_mean: float = 1.0                  # mean term weight inside L_reason
+    w_cov: float = 1.0                   # covariance term weight inside L_reason
+    covariance: Literal["full", "per_layer"] = "full"   # cov of vec(Z) | one r_d x r_d cov per layer mode
+    anchor_space: Literal["core", "full"] = "core"      # anchor in the low-rank core | on full normalised states
+    anchor_loss: Literal["mse", "smooth_l1"] = "mse"    # anchor distance (normalised by the teacher's scale)
+
+    feedback = "projection"              # a thought is the last hidden state through the projection MLP
+
+    @property
+    def needs_targets(self) -> bool:
+        """Reads the dumped teacher's targets and factors."""
+        return self.alpha > 0 or self.gamma > 0
+
+    def problems(self, steps: int) -> list[str]:
+        out = []
+        if self.latent_steps < 0:
+            out.append(f"latent_steps must be >= 0, got {self.latent_steps}")
+        if self.alpha > 0 and self.latent_steps == 0:
+            out.append("alpha > 0 needs latent_steps >= 1 (no thoughts to match)")
+        if self.alpha < 0 or self.gamma < 0:
+            out.append("alpha and gamma must be >= 0")
+        return out
+
+
+@dataclass
+class NoCoTArgs(LoriArgs):
+    """No-CoT: answer right after the question; LoRi's loss with K = 0 and alpha = gamma = 0 (answer CE only)."""
+    latent_steps: int = 0
+    alpha: float = 0.0
+    gamma: float = 0.0
+
+
+@dataclass
+class CodiArgs:
+    """CODI (Shen et al. 2025): ``L = L_student + distill_weight * L_KD + teacher_weight * L_teacher``."""
+    latent_steps: int = 6                # K continuous thoughts (paper: 6)
+    distill_weight: float = 1.0          # beta (paper: 1 for GPT-2, 20 for LLaMA-1B)
+    teacher_weight: float = 1.0          # gamma, weight of the teacher pass's CoT cross-entropy (paper: 1)
+    include_last_step: bool = False      # keep the CoT's last step in the teacher pass (CODI drops it)
+
+    feedback = "projection"
+    needs_targets = False                # the teacher pass runs in the loop; no dumped targets
+
+    def problems(self, steps: int) -> list[str]:
+        return [f"latent_steps must be >= 1, got {self.latent_steps}"] if self.latent_steps < 1 else []
+
+
+@dataclass
+class CoconutArgs:
+    """Coconut (Hao et al. 2024): stage k replaces the first k CoT steps by k * c thoughts."""
+    thoughts_per_step: int = 2           # c: thoughts replacing one CoT step (paper: 2 on GSM8K)
+    max_stage: int = 3                   # stages that replace steps; then all steps go (paper: 3)
+    steps_per_stage: int = 200           # optimizer steps per stage (the paper's 3 epochs)
+    reset_optimizer: bool = True         # reset AdamW at each stage boundary (paper: yes)
+    latent_steps: int | None = None      # fixed by the curriculum: max_stage * c (set only to restate it)
+
+    feedback = "hidden"                  # the last hidden state is fed back as is (no projection)
+    needs_targets = False
+
+    def __post_init__(self):
+        self._given_k = self.latent_steps
+        self.latent_steps = self.max_stage * self.thoughts_per_step
+
+    def problems(self, steps: int) -> list[str]:
+        out = []
+        if self._given_k is not None and self._given_k != self.latent_steps:
+            out.append(f"coconut keeps max_stage * thoughts_per_step = {self.latent_steps} thoughts; latent_steps "
+                       f"{self._given_k} contradicts it (leave it unset)")
+        if self.thoughts_per_step < 1 or self.max_stage < 1:
+            out.append("coconut needs thoughts_per_step >= 1 and max_stage >= 1")
+        if self.steps_per_stage < 1 or steps <= self.max_stage * self.steps_per_stage:
+            out.append(f"coconut: steps ({steps}) must exceed max_stage * steps_per_stage ({self.max_stage} * "
+                       f"{self.steps_per_stage}) so the final stage (all steps replaced, the layout evaluation "
+                       f"uses) is trained")
+        return out
+
+
+@dataclass
+class IcotSIArgs:
+    """iCoT-SI (Deng et al. 2024): CoT tokens removed from the front on a schedule until none is left."""
+    remove_per_stage: int = 8            # Delta: CoT tokens removed per stage (paper: 8 per epoch)
+    steps_per_stage: int = 100           # optimizer steps standing in for the paper's epoch
+    removal_lambda: float | None = 4.0   # removal smoothing P(o) ~ exp(-lambda o) (paper: 4); None = off
+    remove_all_beyond: int | None = None  # remove all CoT once this many are scheduled (paper GSM8K: 39)
+    reset_optimizer: bool = True         # reset AdamW whenever the scheduled count grows (paper: yes)
+    latent_steps: int = 0                # answers without thoughts (the No-CoT layout); only 0 is valid
+
+    feedback = "projection"
+    needs_targets = False
+
+    def problems(self, steps: int) -> list[str]:
+        out = []
+        if self.latent_steps != 0:
+            out.append("icot_si answers without thoughts: latent_steps must be 0")
+        if self.steps_per_stage < 1 or self.remove_per_stage < 1:
+            out.append("icot_si needs steps_per_stage >= 1 and remove_per_stage >= 1")
+        if self.removal_lambda is not None and self.removal_lambda <= 0:
+            out.append(f"removal_lambda must be > 0 (or null for no smoothing), got {self.removal_lambda}")
+        return out
+
+
+RecipeArgs = LoriArgs | CodiArgs | CoconutArgs | IcotSIArgs
+#: method -> its knobs; the plain registry every caller dispatches on (no string-keyed ownership)
+ARGS: dict[str, type] = {"lori": LoriArgs, "no_cot": NoCoTArgs, "codi": CodiArgs, "coconut": CoconutArgs,
+                         "icot_si": IcotSIArgs}
+
+
+def knob_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def owners(knob: str) -> list[str]:
+    """Methods that have ``knob``."""
+    return [m for m, cls in ARGS.items() if knob in knob_names(cls)]
+
+
+ALL_KNOBS: tuple[str, ...] = tuple(dict.fromkeys(k for cls in ARGS.values() for k in knob_names(cls)))
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: "not given: the method's default" (None cannot say it: ``removal_lambda: null`` means smoothing off)
+UNSET = _Unset()
+
+
+def _admits_none(cls: type, knob: str) -> bool:
+    tp = typing.get_type_hints(cls)[knob]
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def recipe_args(values: dict, steps: int | None = None) -> RecipeArgs:
+    """The typed knobs of ``values["method"]`` from a flat dict (a config block, a sweep
+    variant's merged knobs, the CLI). Keys that are no method's knob (``steps``, ``lr``...) are
+    ignored, and so are :data:`UNSET` values and ``None`` for a knob whose type has no ``None``
+    (both mean "the method's default"); a knob of another method, or an invalid value, raises one
+    ``ValueError`` listing every problem. ``steps`` (default ``values["steps"]``) is checked
+    against the curricula."""
+    method = values.get("method", "lori")
+    if method not in ARGS:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(ARGS)})")
+    cls = ARGS[method]
+    own = set(knob_names(cls))
+    given = {k: v for k, v in values.items() if k in ALL_KNOBS and v is not UNSET
+             and (v is not None or (k in own and _admits_none(cls, k)))}
+    problems = [f"{k} is a knob of {' and '.join(owners(k))}, not of method '{method}'"
+                for k in given if k not in own]
+    if method not in ("lori", "no_cot") and (given.get("alpha") or given.get("gamma")):
+        problems.append(f"method '{method}' does not read the dumped teacher's targets (alpha, gamma must be 0); "
+                        "the fixed-teacher anchor variant is method lori with alpha: 0, anchor_space: full")
+    args = cls(**{k: v for k, v in given.items() if k in own})
+    problems += args.problems(steps if steps is not None else values.get("steps", 1000))
+    if problems:
+        raise ValueError("; ".join(dict.fromkeys(problems)))
+    return args

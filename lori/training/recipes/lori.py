@@ -1,0 +1,81 @@
+"""LoRi: ``L = L_task + alpha * L_reason + gamma * L_anchor`` against a fixed teacher's low-rank statistics.
+
+- ``L_task``: answer cross-entropy after ``<bot> [K thoughts] <eot> ####``;
+- ``L_reason``: mean + covariance of the student's K thought states, projected by the teacher's
+  factors into the core, against the teacher's CoT trajectory statistics (``targets/train.zarr``)
+  — no token pairing, so it is length-invariant (docs/method.md §4–6);
+- ``L_anchor``: the student's state at the position predicting the first answer token vs the
+  teacher's, in the core (``anchor_space: core``) or on the full normalised states.
+
+No-CoT is this loss with K = 0 and alpha = gamma = 0 (:mod:`lori.training.recipes.no_cot`); a
+CODI-*style* anchor against the fixed dumped teacher is ``alpha: 0, anchor_space: full,
+anchor_loss: smooth_l1``. Knobs: :class:`lori.training.recipes.args.LoriArgs`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lori.artifacts.store import ArtifactError
+from lori.artifacts.targets import Targets
+from lori.model.loading import num_params
+from lori.model.sequences import student_batch
+from lori.training.loop import step_flops
+from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
+from lori.training.recipes.args import LoriArgs
+from lori.training.recipes.base import Recipe, RecipeContext
+
+
+class TeacherTargets:
+    """Per-example teacher statistics and anchors as tensors, from a checked targets store
+    (:class:`lori.artifacts.targets.Targets`)."""
+
+    def __init__(self, targets: Targets, covariance: str):
+        self.lengths = torch.from_numpy(np.diff(targets.offsets))
+        means, covs = trajectory_moments(targets.core, targets.offsets, covariance)
+        self.mean, self.cov = torch.from_numpy(means), torch.from_numpy(covs)
+        self.anchor_core = torch.from_numpy(targets.anchors_core[:, 0].astype(np.float32))
+        self.anchor_full = torch.from_numpy(targets.anchors[:, 0].astype(np.float32))
+
+    def to(self, device) -> "TeacherTargets":
+        for name in ("mean", "cov", "anchor_core", "anchor_full"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
+    """The loss step ``indices -> {loss, task, reason*, anchor, flops}``."""
+    device = torch.device(ctx.device)
+    student, tokenizer, records, targets, factors = ctx.student, ctx.tokenizer, ctx.records, ctx.targets, ctx.factors
+    if args.needs_targets and (targets is None or factors is None):
+        raise ArtifactError(f"LoRi with alpha={args.alpha}, gamma={args.gamma} needs the teacher's targets and factors")
+    layers = factors.layers if args.needs_targets else None
+    params = num_params(student)
+
+    def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
+        out = student(batch, layers)
+        positions = batch.prompt_ids.numel() + len(idx) * args.latent_steps + batch.suffix_ids.numel()
+        terms = {"task": out.task_loss, "flops": torch.tensor(step_flops(params, positions))}
+        loss = out.task_loss.float()
+        # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
+        with torch.autocast(device.type, enabled=False):
+            if args.alpha > 0:
+                core = factors.project(out.thoughts.float())                       # [B, K, r_L, r_d]
+                mean_s, cov_s = moments(core, args.covariance)
+                valid = (targets.lengths[idx] > 0).to(device)
+                terms.update(reason_loss(mean_s, cov_s, targets.mean[idx], targets.cov[idx], args.w_mean, args.w_cov,
+                                         valid))
+                loss = loss + args.alpha * terms["reason"]
+            if args.gamma > 0:
+                anchor = out.anchor.float()                                        # [B, L, d]
+                if args.anchor_space == "core":
+                    a_s, a_t = factors.project(anchor), targets.anchor_core[idx]
+                else:
+                    a_s, a_t = factors.normalize(anchor), factors.normalize(targets.anchor_full[idx])
+                terms["anchor"] = anchor_loss(a_s, a_t, args.anchor_loss)
+                loss = loss + args.gamma * terms["anchor"]
+        terms["loss"] = loss
+        return terms
+
+    return Recipe(loss_step)
