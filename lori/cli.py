@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence, TypeVar
 
+from lori.artifacts.store import ArtifactError
 from lori.config import ConfigError, parse_stage_args
 from lori.data.records import DataError
-from lori.artifacts.store import ArtifactError
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, DataError, ArtifactError, FileNotFoundError)
@@ -28,20 +28,15 @@ def setup_logging(level: int = logging.INFO) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def runtime_of(config: dict) -> dict:
-    """The keys every model stage takes from a full config: seed, threads, device and the
-    ``runtime`` section (a stage keeps those its config dataclass has)."""
-    return {**{k: config[k] for k in ("seed", "threads", "device")}, **config.get("runtime", {})}
-
-
 def stage_main(cls: type[T], argv: Sequence[str] | None, doc: str | None,
-               paths: Sequence[tuple[str, str]], section: Callable[[dict], dict] | None = None):
-    """Parse a stage's CLI into its config dataclass; set up logging and error reporting."""
+               paths: Sequence[tuple[str, str]], stage: str | None = None):
+    """Parse a stage's CLI into its config dataclass; set up logging and error reporting.
+    ``stage`` names the stage whose knobs ``--config`` reads (:func:`lori.config.stage_args`)."""
     global _stage_start
     _stage_start = time.perf_counter()
     sys.excepthook = _excepthook
     setup_logging()
-    cfg, ns = parse_stage_args(cls, argv, (doc or "").strip(), paths, section)
+    cfg, ns = parse_stage_args(cls, argv, (doc or "").strip(), paths, stage)
     logging.getLogger("lori").info("%s: %s", cls.__name__, cfg)
     return cfg, ns
 

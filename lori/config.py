@@ -1,10 +1,15 @@
 """Config: one JSON schema, defaults filled in, loud errors, and stage CLIs from dataclasses.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single source of defaults for
-the pipeline config; the Snakefile and every stage's ``--config`` path validate through
-:func:`validate_config`. Each stage has a ``@dataclass`` of its own knobs; :func:`parse_stage_args`
-turns it into a CLI (``--rank-layer 2 --center``) and checks types, so a stage runs the same
-inside Snakemake and by hand.
+The schema (``lori/schemas/config.schema.yaml``, shipped inside the package; the workflow's
+``workflow/schemas/config.schema.yaml`` links to it) is the single source of defaults for the
+pipeline config; the Snakefile and every stage's ``--config`` path validate through
+:func:`validate_config`. :func:`stage_args` is the one mapping from a pipeline config to one
+stage job's knobs: each rule turns it into flags (:func:`to_flags`) and each stage's ``--config``
+path reads the same dict, so a stage runs the same inside Snakemake and by hand. Each stage has a
+``@dataclass`` of its own knobs; :func:`parse_stage_args` turns it into a CLI
+(``--rank-layer 2 --center``) and checks types.
+
+Torch-free on purpose: the Snakefile imports this module while it builds the DAG.
 """
 from __future__ import annotations
 
@@ -12,16 +17,20 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shlex
 import types
 import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import jsonschema
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+from lori.sweep import check_sweep, parse_lowrank_tag, student_config, student_runs
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+#: config.runtime keys each training stage takes (its config dataclass has these fields; a test checks)
+RUNTIME_KNOBS = {"teacher_sft": ("compile", "gradient_checkpointing", "parallel"), "distill": ("compile", "parallel")}
 
 
 class ConfigError(ValueError):
@@ -30,13 +39,11 @@ class ConfigError(ValueError):
 
 def load_schema() -> dict:
     if not SCHEMA_PATH.exists():
-        raise ConfigError(f"schema not found at {SCHEMA_PATH} (install lori with `pip install -e .`)")
+        raise ConfigError(f"schema not found at {SCHEMA_PATH} (a broken install: reinstall lori)")
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def _validator_with_defaults():
-    import jsonschema
-
     base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
@@ -68,8 +75,6 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def _check_consistency(config: dict, source: str) -> None:
-    from lori.sweep import check_sweep
-
     problems = []
     qs = config["data"].get("quickstart", {})
     splits = [("train", config["data"]["train"]), *config["data"]["benchmarks"].items()]
@@ -92,8 +97,8 @@ def _check_consistency(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: inconsistent config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def load_config(path: str | Path | None = None) -> dict:
-    path = Path(path or DEFAULT_CONFIG)
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -101,6 +106,68 @@ def load_config(path: str | Path | None = None) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     return validate_config(config, str(path))
+
+
+# ---------------------------------------------------------------- config -> one stage job
+STAGES = ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_hidden", "factorize", "targets",
+          "distill", "evaluate", "report")
+#: stages that run a model: they also take seed, device (:func:`runtime_args`) and threads
+MODEL_STAGES = ("teacher_sft", "teacher_cot", "dump_hidden", "targets", "distill", "evaluate")
+
+
+def split_spec(config: dict, split: str) -> dict:
+    """A data split's spec, merged with the generator settings (only what affects that split)."""
+    spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]
+    values = {k: v for k, v in spec.items() if v is not None}
+    if spec["kind"] == "quickstart":
+        values = {**config["data"]["quickstart"], "global_seed": config["seed"], **values}
+    return {"split": split, **values}
+
+
+def training_runtime(config: dict, stage: str) -> dict:
+    """config.runtime knobs a training stage takes, only those set away from their defaults: the
+    defaults add no flags, so turning a knob on and off again leaves trained outputs cached."""
+    defaults = load_schema()["properties"]["runtime"]["properties"]
+    return {k: v for k, v in config["runtime"].items()
+            if k in RUNTIME_KNOBS.get(stage, ()) and v != defaults[k]["default"]}
+
+
+def stage_args(config: dict, stage: str, *, split: str | None = None, student: str | None = None,
+               ranks: str | None = None) -> dict:
+    """The knobs of one job of ``stage`` from a validated pipeline config.
+
+    The single config -> stage mapping: every rule passes ``to_flags(stage_args(...))`` and every
+    stage's ``--config`` path reads the same dict. ``split`` (prepare_data: which data split),
+    ``student`` (distill: a method, sweep variant or ``<variant>-seed<k>``) and ``ranks``
+    (factorize: a rank variant's tag, e.g. ``rl1-rh8``) pick the job. Seed, device and threads
+    are not knobs of a stage: see :func:`runtime_args`.
+    """
+    if stage == "prepare_data":
+        return split_spec(config, split or "train")
+    if stage == "convert_model":
+        return {"src": config["model"]["name_or_path"], "gguf_file": config["model"]["gguf_file"]}
+    if stage == "teacher_sft":
+        return {**config["model"], **config["teacher_sft"], **training_runtime(config, stage)}
+    if stage == "distill":
+        return {**student_config(config, student or "lori"), **training_runtime(config, stage)}
+    if stage == "dump_hidden":
+        # shards: 1 adds no flag, so an unsharded dump's command is the one it always was (cached)
+        return {k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1}
+    if stage == "factorize":
+        if ranks:   # a rank variant's own factors: one job, never sharded
+            return {**{k: v for k, v in config["factorize"].items() if k != "shards"}, **parse_lowrank_tag(ranks)}
+        return dict(config["factorize"])
+    if stage == "report":
+        return {**config["report"], "run": config["run"], "sweep": config["sweep"]}
+    if stage in ("teacher_cot", "targets", "evaluate"):
+        return dict(config[stage])
+    raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+
+
+def runtime_args(config: dict, student: str | None = None) -> dict:
+    """Seed and device of a model stage's job; a student's seed is its own (``seeds:``)."""
+    seed = student_runs(config)[student][1] if student else config["seed"]
+    return {"seed": seed, "device": config["device"]}
 
 
 def config_hash(obj: Any) -> str:
@@ -178,15 +245,33 @@ def build_dataclass(cls: type[T], values: dict, source: str) -> T:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def config_section(config: dict, stage: str, ns: argparse.Namespace) -> dict:
+    """A stage's values from a full config file (its ``--config`` path): the knobs its rule passes
+    (:func:`stage_args`), plus seed, device and threads for a model stage."""
+    student = getattr(ns, "student", None) or getattr(ns, "method", None)
+    if stage == "distill" and student not in student_runs(config):
+        # a method this run does not train: distill.common + that method's block, run seed
+        method = student or "lori"
+        values = {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
+                  **training_runtime(config, stage)}
+        student = None
+    else:
+        student = student if stage == "distill" else None
+        values = stage_args(config, stage, split=getattr(ns, "split", None), student=student)
+    if stage in MODEL_STAGES:
+        values.update(runtime_args(config, student), threads=config["threads"])
+    return values
+
+
 def parse_stage_args(cls: type[T], argv: Sequence[str] | None, description: str,
-                     paths: Sequence[tuple[str, str]], section=None) -> tuple[T, argparse.Namespace]:
+                     paths: Sequence[tuple[str, str]], stage: str | None = None) -> tuple[T, argparse.Namespace]:
     """Parse a stage CLI: required path flags, ``--config`` and the dataclass knobs.
 
-    ``paths`` lists ``(flag, help)`` for the stage's explicit inputs/outputs. ``section`` is
-    a function ``(config, namespace) -> dict`` picking the stage's values from a full config
-    file; CLI flags override them.
+    ``paths`` lists ``(flag, help)`` for the stage's explicit inputs/outputs. With ``--config``,
+    the ``stage``'s values come from that pipeline config (:func:`config_section`); CLI flags
+    override them.
     """
-    parser = argparse.ArgumentParser(description=description,
+    parser = argparse.ArgumentParser(prog=f"lori {stage}" if stage else None, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, help_ in paths:
         required = not help_.startswith("(optional)")
@@ -195,8 +280,8 @@ def parse_stage_args(cls: type[T], argv: Sequence[str] | None, description: str,
     add_dataclass_args(parser, cls)
     ns = parser.parse_args(argv)
     values: dict = {}
-    if ns.config and section is not None:
-        values.update(section(load_config(ns.config), ns))
+    if ns.config and stage is not None:
+        values.update(config_section(load_config(ns.config), stage, ns))
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in values.items() if k in names}
     values.update({k: v for k, v in vars(ns).items() if k in names})
@@ -209,8 +294,6 @@ def to_flags(values: dict) -> str:
     Canonical (keys sorted, JSON values with sorted keys): Snakemake reruns a job when its
     params text changes, and a config that only reorders keys must not rerun anything.
     """
-    import shlex
-
     out = []
     for k, v in sorted(values.items()):
         flag = "--" + k.replace("_", "-")

@@ -5,7 +5,7 @@ Loads ``--src`` (hub name, local ``save_pretrained`` dir, ``.gguf`` file, or
 :func:`lori.model.loading.load_pretrained` — GGUF weights are dequantised to fp32 — and writes it
 with its tokenizer in the HF layout (``model.safetensors``, ``config.json``, tokenizer
 files) plus ``source.json`` (where it came from). Later stages load this directory: for
-SmolLM2 that is ~0.4 s instead of ~15 s for the GGUF (DESIGN.md §4), and a hub model is
+SmolLM2 that is ~0.4 s instead of ~15 s for the GGUF (measured on a 2-core CPU), and a hub model is
 touched only once. The weights are unchanged: ``<bot>``/``<eot>`` are added by teacher_sft.
 
 Standalone::
@@ -19,6 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from lori.cli import stage_main, stage_summary
 from lori.model.loading import load_pretrained, num_params, resolve_model_source, save_checkpoint
 
 log = logging.getLogger("lori.convert_model")
@@ -45,12 +46,7 @@ def run(cfg: ConvertModelConfig, out: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main, stage_summary
-
-    def section(config, ns):
-        return {"src": config["model"]["name_or_path"] or "", "gguf_file": config["model"]["gguf_file"]}
-
-    cfg, ns = stage_main(ConvertModelConfig, argv, __doc__, [("--out", "output checkpoint directory")], section)
+    cfg, ns = stage_main(ConvertModelConfig, argv, __doc__, [("--out", "output checkpoint directory")], "convert_model")
     info = run(cfg, ns.out)
     stage_summary("base_model", metric=f"{info['architecture']} from {cfg.src} -> {ns.out}")
 

@@ -2,8 +2,8 @@
 
 Nothing is downloaded unless the user allows it: ``HF_HUB_OFFLINE`` is set by default
 (``LORI_ALLOW_DOWNLOAD=1`` lifts it). It must be set before ``huggingface_hub``,
-``transformers`` or ``datasets`` is imported, since they read it at import time; the
-modules that load from the hub call :func:`apply_offline_default` at import.
+``transformers`` or ``datasets`` is imported, since they read it at import time, so the
+package's ``__init__`` calls :func:`apply_offline_default` before any of its modules loads.
 """
 from __future__ import annotations
 

@@ -24,9 +24,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from lori.data.records import read_records, write_records
-from lori.data.sources import KINDS as FILE_KINDS, generate_mult, load_dataset
+from lori.cli import stage_main, stage_summary
 from lori.data.generator import generate
+from lori.data.records import read_records, write_records
+from lori.data.sources import KINDS as FILE_KINDS
+from lori.data.sources import generate_mult, load_dataset
 
 log = logging.getLogger("lori.prepare_data")
 
@@ -86,14 +88,9 @@ def run(cfg: PrepareDataConfig, out: str, exclude: Sequence[str] = ()) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import stage_main, stage_summary
-
-    def section(config, ns):
-        return {"global_seed": config["seed"], **config["data"]["quickstart"]}
-
     cfg, ns = stage_main(PrepareDataConfig, argv, __doc__,
                          [("--out", "output jsonl"), ("--exclude", "(optional) jsonl(s) whose questions are excluded, comma-separated")],
-                         section)
+                         "prepare_data")
     n = run(cfg, ns.out, [p for p in (ns.exclude or "").split(",") if p])
     stage_summary(f"prepare_data {cfg.split}", n, "problems", f"{n} problems -> {ns.out}")
 

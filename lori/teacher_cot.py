@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
-from lori.progress import tqdm   # tqdm that also writes lines into log files
-
+from lori.artifacts.store import write_json
+from lori.cli import stage_main, stage_summary
 from lori.data.answers import extract, is_correct
 from lori.data.records import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records
 from lori.model.generate import generate_cot
-from lori.artifacts.store import write_json
 from lori.model.loading import load_checkpoint, setup_runtime
+from lori.progress import tqdm  # tqdm that also writes lines into log files
 
 log = logging.getLogger("lori.teacher_cot")
 
@@ -124,14 +124,9 @@ def decode_all(model, tokenizer, records: list[Record], cfg: TeacherCoTConfig, d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main, stage_summary
-
-    def section(config, ns):
-        return {**config["teacher_cot"], **runtime_of(config)}
-
     cfg, ns = stage_main(TeacherCoTConfig, argv, __doc__,
                          [("--teacher", "teacher checkpoint dir"), ("--train", "training records jsonl"),
-                          ("--out", "output records jsonl"), ("--summary", "output summary json")], section)
+                          ("--out", "output records jsonl"), ("--summary", "output summary json")], "teacher_cot")
     s = run(cfg, ns.teacher, ns.train, ns.out, ns.summary)
     stage_summary("teacher_cot", s["problems"], "problems", f"keep rate {100 * s['keep_rate']:.1f}%")
 

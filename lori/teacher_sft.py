@@ -23,12 +23,21 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM
 
+from lori.cli import stage_main, stage_summary
 from lori.data.records import DataError, check_training_records, read_records
-from lori.model.loading import (build_scratch_model, build_word_tokenizer, enable_checkpointing, ensure_special_tokens,
-                         load_pretrained, num_params, save_checkpoint, setup_runtime)
+from lori.model.loading import (
+    build_scratch_model,
+    build_word_tokenizer,
+    enable_checkpointing,
+    ensure_special_tokens,
+    load_pretrained,
+    num_params,
+    save_checkpoint,
+    setup_runtime,
+)
+from lori.model.precision import to_device
 from lori.model.sequences import teacher_batch, teacher_sequence
 from lori.training.distributed import cleanup, init_distributed, unsharded
-from lori.model.precision import to_device
 from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 
 log = logging.getLogger("lori.teacher_sft")
@@ -110,14 +119,9 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lori.cli import runtime_of, stage_main, stage_summary
-
-    def section(config, ns):
-        return {**config["model"], **config["teacher_sft"], **runtime_of(config)}
-
     cfg, ns = stage_main(TeacherSFTConfig, argv, __doc__,
                          [("--train", "training records jsonl"), ("--out", "checkpoint directory"),
-                          ("--metrics", "(optional) metrics jsonl")], section)
+                          ("--metrics", "(optional) metrics jsonl")], "teacher_sft")
     rows = run(cfg, ns.train, ns.out, ns.metrics)
     stage_summary("teacher_sft", cfg.steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 

@@ -5,10 +5,12 @@ import copy
 import dataclasses
 import shlex
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from lori.config import (DEFAULT_CONFIG, ConfigError, config_hash, load_config, load_schema, parse_stage_args,
+from lori.config import (ConfigError, config_hash, load_config, load_schema, parse_stage_args,
                          to_flags, validate_config)
 from lori.dump_hidden import DumpHiddenConfig
 from lori.evaluate import EvaluateConfig
@@ -17,6 +19,9 @@ from lori.report import ReportConfig
 from lori.targets import TargetsConfig
 from lori.teacher_cot import TeacherCoTConfig
 from lori.training.loop import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def parse(cls, argv):
 
 # ---------------------------------------------------------------- load / validate
 def test_default_config_loads_with_defaults(raw):
-    cfg = load_config()
+    cfg = load_config(DEFAULT_CONFIG)
     assert cfg["run"] == "quickstart"
     assert cfg["methods"] == ["cot_sft", "no_cot", "lori"]
     assert cfg["factorize"] == {"rank_layer": 2, "rank_hidden": 16, "energy": None, "center": True,
@@ -203,8 +208,7 @@ def test_config_file_section_then_cli_override(tmp_path, raw):
     cfg["factorize"]["rank_hidden"] = 5
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    out, _ = parse_stage_args(FactorizeConfig, ["--config", str(p), "--rank-layer", "3"], "t", [],
-                              section=lambda c, ns: c["factorize"])
+    out, _ = parse_stage_args(FactorizeConfig, ["--config", str(p), "--rank-layer", "3"], "t", [], stage="factorize")
     assert (out.rank_layer, out.rank_hidden, out.layer_scaling) == (3, 5, "layer_rms")
 
 
@@ -233,3 +237,67 @@ def test_schema_defaults_match_dataclass_defaults(section, cls):
         assert "default" in spec, f"schema {section}.{key} has no default"
         assert spec["default"] == fields[key].default, f"{section}.{key}: schema {spec['default']!r} != " \
                                                        f"{cls.__name__} {fields[key].default!r}"
+
+
+# ---------------------------------------------------------------- stage_args: one config -> stage mapping
+PROFILES = [DEFAULT_CONFIG, *sorted((ROOT / "config" / "profiles").glob("*.yaml"))]
+
+
+def stage_configs():
+    from lori.convert_model import ConvertModelConfig
+    from lori.distill import DistillConfig
+    from lori.prepare_data import PrepareDataConfig
+    from lori.teacher_sft import TeacherSFTConfig
+
+    return {"prepare_data": PrepareDataConfig, "convert_model": ConvertModelConfig, "teacher_sft": TeacherSFTConfig,
+            "teacher_cot": TeacherCoTConfig, "dump_hidden": DumpHiddenConfig, "factorize": FactorizeConfig,
+            "targets": TargetsConfig, "distill": DistillConfig, "evaluate": EvaluateConfig, "report": ReportConfig}
+
+
+def jobs(config: dict):
+    """(stage, job selector) of every job kind a run has, as the rules pick them."""
+    from lori.sweep import student_runs
+
+    for stage in ("teacher_sft", "teacher_cot", "dump_hidden", "factorize", "targets", "evaluate", "report"):
+        yield stage, {}
+    if config["model"]["name_or_path"]:    # the base_model rule converts a pretrained model once
+        yield "convert_model", {}
+    for split in ["train", *config["data"]["benchmarks"]]:
+        yield "prepare_data", {"split": split}
+    for student in student_runs(config):
+        yield "distill", {"student": student}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.name for p in PROFILES])
+def test_rule_flags_and_the_config_path_give_a_stage_the_same_knobs(profile, monkeypatch):
+    """What a rule passes (to_flags(stage_args(...)) + runtime flags) and what the stage reads with
+    --config (and --split / --student) build the same config dataclass: one mapping, two paths."""
+    import lori.config
+    from lori.config import MODEL_STAGES, runtime_args, stage_args, to_flags
+
+    config = load_config(profile)
+    # the --config path loads the file per job; validating it once keeps the test fast
+    monkeypatch.setattr(lori.config, "load_config", lambda path: copy.deepcopy(config))
+    classes = stage_configs()
+    for stage, job in jobs(config):
+        cls = classes[stage]
+        runtime = runtime_args(config, job.get("student")) if stage in MODEL_STAGES else {}
+        flags = shlex.split(to_flags({**stage_args(config, stage, **job), **runtime}))
+        threads = ["--threads", str(config["threads"])] if stage in MODEL_STAGES else []
+        by_rule, _ = parse_stage_args(cls, flags + threads, "t", [])
+        select = {"prepare_data": ["--split", job.get("split", "")], "distill": ["--student", job.get("student", "")]}
+        paths = [("--student", "(optional) x")] if stage == "distill" else []
+        by_config, _ = parse_stage_args(cls, ["--config", str(profile), *select.get(stage, [])], "t", paths, stage)
+        assert by_rule == by_config, f"{profile.name}: {stage} {job}"
+
+
+def test_stage_args_knows_every_stage_and_refuses_others(raw):
+    from lori.config import STAGES, stage_args
+
+    config = validate_config(copy.deepcopy(raw), "t")
+    assert set(STAGES) == set(stage_configs())
+    with pytest.raises(ConfigError, match="unknown stage 'distil'"):
+        stage_args(config, "distil")
+    # a rank variant's factorize job: the variant's ranks, never sharded
+    assert stage_args({**config, "factorize": {**config["factorize"], "shards": 4}}, "factorize", ranks="rl1-rh8") \
+        == {**{k: v for k, v in config["factorize"].items() if k != "shards"}, "rank_layer": 1, "rank_hidden": 8}

@@ -3,11 +3,16 @@ documents how to launch it, builds every stage's dataclass, and names data files
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
-from lori.config import ROOT, load_config, to_flags
+from lori.config import load_config, to_flags
 from lori.data.sources import is_local
 from lori.prepare_data import PrepareDataConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 CONFIGS = sorted((ROOT / "config").rglob("*.yaml"))
 PROFILES = [p for p in CONFIGS if p.parent.name == "profiles"]

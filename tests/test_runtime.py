@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from lori import prepare_data, teacher_sft
-from lori.config import DEFAULT_CONFIG, load_schema, parse_stage_args, validate_config
+from lori.config import load_schema, parse_stage_args, validate_config
 from lori.data.records import BOT, EOT, read_records
 from lori.distill import DistillConfig
 from lori.model.latent import LatentStudent
@@ -18,7 +18,10 @@ from lori.model.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig
 from lori.training.loop import OptimConfig, hf_models, prepare_module
 from lori.training.distributed import DistInfo
+from tests.runs import MICRO, ROOT, snakemake
 from tests.tiny import RUNTIME, TINY
+
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +41,13 @@ def tiny_student(tokenizer, latent_steps: int = 3) -> LatentStudent:
 
 # ---------------------------------------------------------------- config -> stage
 def test_runtime_section_reaches_the_training_configs(tmp_path):
-    from lori.cli import runtime_of
-
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["runtime"] = {"compile": True, "gradient_checkpointing": True, "parallel": "fsdp"}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    section = lambda c, ns: {**c["teacher_sft"], **runtime_of(c)}  # noqa: E731 - as teacher_sft.main does
-    cfg, _ = parse_stage_args(TeacherSFTConfig, ["--config", str(path)], "t", [], section)
+    cfg, _ = parse_stage_args(TeacherSFTConfig, ["--config", str(path)], "t", [], "teacher_sft")
     assert (cfg.compile, cfg.gradient_checkpointing, cfg.parallel) == (True, True, "fsdp")
-    dcfg, _ = parse_stage_args(DistillConfig, ["--config", str(path)], "t", [],
-                               lambda c, ns: {**c["distill"]["common"], **runtime_of(c)})
+    dcfg, _ = parse_stage_args(DistillConfig, ["--config", str(path)], "t", [], "distill")
     assert (dcfg.compile, dcfg.parallel) == (True, "fsdp")
     assert not hasattr(dcfg, "gradient_checkpointing")      # students: see test_hf_checkpointing_drops_the_kv_cache
 
@@ -63,8 +62,6 @@ def test_runtime_defaults_match_the_dataclasses():
 
 
 def test_workflow_passes_only_knobs_set_away_from_defaults(tmp_path):
-    from tests.test_workflow import MICRO, snakemake
-
     cfg = yaml.safe_load(MICRO.read_text())
     res = snakemake(tmp_path, "-n", "-p", configfile=MICRO)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -16,16 +16,17 @@ from lori.sweep import (cost_per_step, factor_overrides, lowrank_tag, matched_in
                         split_student, student_config, student_runs)
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
 def config_with(**changes) -> dict:
-    config = copy.deepcopy(load_config())
+    config = copy.deepcopy(load_config(DEFAULT_CONFIG))
     config.update(changes)
     return validate_config(config)
 
 
 def test_one_seed_keeps_plain_names():
-    assert list(student_runs(load_config())) == ["no_cot", "lori"]
+    assert list(student_runs(load_config(DEFAULT_CONFIG))) == ["no_cot", "lori"]
 
 
 def test_seeds_and_variants_name_every_student():
@@ -84,7 +85,7 @@ def test_matched_variant_reads_same_seed_students():
     ({"seeds": []}, "seeds"),
 ])
 def test_bad_sweeps_are_refused(changes, message):
-    config = copy.deepcopy(load_config())
+    config = copy.deepcopy(load_config(DEFAULT_CONFIG))
     config.update(changes)
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(config)

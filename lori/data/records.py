@@ -19,9 +19,13 @@ The *anchor* is the position that predicts the first answer token: the last toke
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from lori.artifacts.store import atomic_write_text
+from lori.data.answers import extract
 
 COT_SEP = "||"
 ANSWER_SEP = "####"
@@ -89,8 +93,6 @@ def split_steps(cot: str) -> list[str]:
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
-    from lori.artifacts.store import atomic_write_text
-
     lines = [r.to_json() for r in records]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
@@ -140,9 +142,7 @@ def check_training_records(records: list[Record], path: str | Path, need_cot: bo
     """Refuse training data that would train silently wrong: no records, a non-numeric answer, or
     (``need_cot``) more than ``MAX_EMPTY_COT`` of the records without a chain of thought. All
     offenders in one error; a few empty CoTs are only logged."""
-    import logging
 
-    from lori.data.answers import extract
 
     if not records:
         raise DataError(f"{path}: no records to train on")

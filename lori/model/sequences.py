@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lori.data.records import ANSWER_SEP, BOT, EOT, Record, cot_text, prompt_text
+from lori.model.precision import to_device
 
 IGNORE = -100
 
@@ -108,8 +109,6 @@ class StudentBatch:
     index: torch.Tensor          # [B] dataset row of each example
 
     def to(self, device) -> "StudentBatch":
-        from lori.model.precision import to_device   # pinned + non-blocking on CUDA
-
         return StudentBatch(to_device(self.prompt_ids, device), to_device(self.prompt_mask, device),
                             to_device(self.suffix_ids, device), to_device(self.suffix_mask, device),
                             self.answer_start, self.index)

@@ -4,17 +4,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even when not installed
 
-import dataclasses
 import re
 
-from lori.config import load_schema, to_flags, validate_config
-from lori.distill import DistillConfig
-from lori.sweep import LOWRANK_TAG, factor_overrides, lowrank_tag, matched_inputs, parse_lowrank_tag, student_config, student_runs
-from lori.teacher_sft import TeacherSFTConfig
+# torch-free imports only: the DAG builds without loading torch or any stage module
+from lori.config import runtime_args, stage_args, to_flags, validate_config
+from lori.lowrank.passes import plan as factorize_plan
+from lori.sweep import LOWRANK_TAG, factor_overrides, lowrank_tag, matched_inputs, student_runs
+from lori.training.recipes.args import recipe_args
 
 validate_config(config, "config")
 
 R = f"results/{config['run']}"
+# every rule's software (used with --sdm conda; rules are otherwise run in the current environment)
+CONDA_ENV = "../envs/lori.yaml"
 METHODS = list(config["methods"])
 # every student trained: methods x sweep variants x seeds (lori.sweep); names are
 # <variant> for the first seed, <variant>-seed<k> for the others
@@ -31,9 +33,14 @@ wildcard_constraints:
     method="|".join(map(re.escape, EVALUATED)),
 
 
-def runtime_flags(seed=None):
+def args(stage, **job):
+    """A stage job's knobs as flags: the one config -> stage mapping (lori.config.stage_args)."""
+    return to_flags(stage_args(config, stage, **job))
+
+
+def runtime_flags(student=None):
     """Seed and device for every model stage (threads come from the rule's `threads`)."""
-    return to_flags({"seed": config["seed"] if seed is None else seed, "device": config["device"]})
+    return to_flags(runtime_args(config, student))
 
 
 def trainer(module):
@@ -43,35 +50,9 @@ def trainer(module):
     return f"python -m lori.{module}"
 
 
-def training_runtime(cls):
-    """config.runtime knobs a training stage's config dataclass takes, only those set away from
-    their defaults: the default adds no flags, so it leaves existing training outputs cached."""
-    defaults = load_schema()["properties"]["runtime"]["properties"]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in config["runtime"].items() if k in fields and v != defaults[k]["default"]}
-
-
-def split_spec(split):
-    """A split's dataset spec, merged with the generator settings (only what affects it)."""
-    spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]
-    values = {k: v for k, v in spec.items() if v is not None}
-    if spec["kind"] == "quickstart":
-        values = {**config["data"]["quickstart"], "global_seed": config["seed"], **values}
-    return {"split": split, **values}
-
-
-def method_config(student):
-    """distill.common + distill.<method> + the variant's overrides: exactly the knobs of one student
-    (+ runtime knobs set away from their defaults)."""
-    return {**student_config(config, student), **training_runtime(DistillConfig)}
-
-
-def student_seed(student):
-    return STUDENT_RUNS[student][1]
-
-
 def needs_targets(student):
-    return DistillConfig(**method_config(student)).needs_targets
+    """Whether a student reads the dumped teacher's targets and factors (LoRi with alpha or gamma > 0)."""
+    return recipe_args(stage_args(config, "distill", student=student)).needs_targets
 
 
 def lowrank_paths(student):
@@ -92,3 +73,70 @@ def model_dir(method):
 
 def get_final_output():
     return [f"{R}/report/report.md", f"{R}/report/report.html"]
+
+
+# ---------------------------------------------------------------- base_model
+def base_model_source():
+    """A local model file or folder is an input (edits rerun the conversion); a hub name or pkg: is a param."""
+    src = config["model"]["name_or_path"]
+    return [src] if src and Path(src).exists() else []
+
+
+# ---------------------------------------------------------------- lowrank: dump shards, factorize passes
+FACTORIZE_SHELL = "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
+TARGETS_SHELL = ("python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
+                 "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1")
+DUMP_SHARDS = config["dump_hidden"]["shards"]
+DUMP_GPUS = 0 if config["device"] == "cpu" else config["gpus"]
+DUMP_PARTS = [f"{R}/hidden/shards/calib.part{i}.zarr" for i in range(DUMP_SHARDS)]
+# unsharded, `shards` is left out of the flags (it is 1, the CLI default): the params text, and so
+# Snakemake's rerun decision, stays that of earlier versions
+DUMP_ARGS = args("dump_hidden")
+
+# factorize passes (lori.lowrank.passes.plan: moments, grams, hooi1.., diagnostics)
+FACTORIZE_STEPS = factorize_plan(**{k: config["factorize"][k] for k in ("method", "hooi_iters", "center", "layer_scaling")})
+FACTORIZE_SHARDS = config["factorize"]["shards"]
+SHARD_DIR = f"{R}/lowrank/shards"
+
+
+def factorize_state(step):
+    """The gather output a pass starts from ([] for the first pass)."""
+    i = FACTORIZE_STEPS.index(step)
+    return [f"{SHARD_DIR}/{FACTORIZE_STEPS[i - 1]}.state.npz"] if i else []
+
+
+def factorize_parts(step):
+    return [f"{SHARD_DIR}/{step}.part{i}.npz" for i in range(FACTORIZE_SHARDS)]
+
+
+def factorize_state_flag(wildcards, input):
+    return f"--state {input.state}" if input.state else ""
+
+
+# ---------------------------------------------------------------- students
+def distill_inputs(wc):
+    inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
+    if needs_targets(wc.method):
+        factors, targets = lowrank_paths(wc.method)
+        inputs.update(targets=targets, factors=factors)
+    match = matched(wc.method)
+    if match:
+        inputs.update(match_ref=f"{R}/students/{match['ref']}_metrics.jsonl",
+                      match_base=f"{R}/students/{match['base']}_metrics.jsonl")
+    return inputs
+
+
+def match_flags(wc, input):
+    match = matched(wc.method)
+    if not match:
+        return ""
+    return f"--match-ref {input.match_ref} --match-base {input.match_base} --match-by {match['by']}"
+
+
+# ---------------------------------------------------------------- report
+THOUGHT_BENCH = "test" if "test" in BENCHES else BENCHES[0]
+
+
+def figure(name, category):
+    return report(f"{R}/report/{name}.png", caption=f"../report/{name}.rst", category=category,
+                  labels={"figure": name.replace("_", " ")})

@@ -6,7 +6,9 @@ rule prepare_data:
     log:
         f"{R}/logs/prepare_data/{{split}}.log",
     params:
-        args=lambda wc: to_flags(split_spec(wc.split)),
+        args=lambda wc: args("prepare_data", split=wc.split),
         exclude=lambda wc, input: f"--exclude {','.join(input.exclude)}" if input.exclude else "",
+    conda:
+        CONDA_ENV
     shell:
         "python -m lori.prepare_data {params.args} {params.exclude} --out {output} > {log} 2>&1"

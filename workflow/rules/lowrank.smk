@@ -1,19 +1,6 @@
-from lori.lowrank.passes import plan as factorize_plan
-from lori.factorize import FactorizeConfig
-
-
 # dump_hidden: one job (shards: 1), or a scatter over N shards of whole batches (each its own
 # Zarr store, temporary) and a gather that checks and concatenates them into the same store.
 # With gpus > 1 each job runs under torchrun, its ranks splitting its batches (lori.dump_hidden).
-FACTORIZE_SHELL = "python -m lori.factorize --hidden {input.hidden} --out {output} {params.args} > {log} 2>&1"
-TARGETS_SHELL = ("python -m lori.targets --teacher {input.teacher} --records {input.records} --factors {input.factors} "
-                 "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1")
-DUMP_SHARDS = config["dump_hidden"]["shards"]
-DUMP_GPUS = 0 if config["device"] == "cpu" else config["gpus"]
-DUMP_PARTS = [f"{R}/hidden/shards/calib.part{i}.zarr" for i in range(DUMP_SHARDS)]
-# unsharded, `shards` is left out of the flags (it is 1, the CLI default): the params text, and so
-# Snakemake's rerun decision, stays that of earlier versions
-DUMP_ARGS = to_flags({k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1})
 
 if DUMP_SHARDS == 1:
 
@@ -31,6 +18,8 @@ if DUMP_SHARDS == 1:
         params:
             args=DUMP_ARGS,
             runtime=runtime_flags(),
+        conda:
+            CONDA_ENV
         shell:
             # the launcher is part of the command text, not a param: with gpus: 1 the command is
             # the one earlier versions ran, so their dumps stay cached
@@ -57,6 +46,8 @@ else:
             args=DUMP_ARGS,
             runtime=runtime_flags(),
             launch=trainer("dump_hidden"),
+        conda:
+            CONDA_ENV
         shell:
             "{params.launch} partial --teacher {input.teacher} --records {input.records} --shard {wildcards.shard} "
             "--out {output} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
@@ -74,6 +65,8 @@ else:
             args=DUMP_ARGS,
             runtime=runtime_flags(),
             parts=lambda wc, input: ",".join(input.parts),
+        conda:
+            CONDA_ENV
         shell:
             "python -m lori.dump_hidden gather --teacher {input.teacher} --records {input.records} "
             "--parts {params.parts} --out {output} {params.args} {params.runtime} > {log} 2>&1"
@@ -83,25 +76,6 @@ else:
 # plan (lori.lowrank.passes.plan: moments, grams, hooi1.., diagnostics). Each pass runs one
 # `partial` job per token-range shard and one `gather` summing them into the next state; the
 # gather of the last pass writes the factors store, so downstream rules see the same output.
-FACTORIZE_STEPS = factorize_plan(FactorizeConfig(**config["factorize"]))
-FACTORIZE_SHARDS = config["factorize"]["shards"]
-SHARD_DIR = f"{R}/lowrank/shards"
-
-
-def factorize_state(step):
-    """The gather output a pass starts from ([] for the first pass)."""
-    i = FACTORIZE_STEPS.index(step)
-    return [f"{SHARD_DIR}/{FACTORIZE_STEPS[i - 1]}.state.npz"] if i else []
-
-
-def factorize_parts(step):
-    return [f"{SHARD_DIR}/{step}.part{i}.npz" for i in range(FACTORIZE_SHARDS)]
-
-
-def factorize_state_flag(wildcards, input):
-    return f"--state {input.state}" if input.state else ""
-
-
 if FACTORIZE_SHARDS == 1:
 
     rule factorize:
@@ -113,7 +87,9 @@ if FACTORIZE_SHARDS == 1:
             f"{R}/logs/factorize.log",
         threads: config["threads"]  # BLAS threads for the Grams (Snakemake sets OPENBLAS_NUM_THREADS)
         params:
-            args=to_flags(config["factorize"]),
+            args=args("factorize"),
+        conda:
+            CONDA_ENV
         shell:
             FACTORIZE_SHELL
 
@@ -131,8 +107,10 @@ else:
             step="|".join(FACTORIZE_STEPS),
             shard=r"\d+",
         params:
-            args=to_flags(config["factorize"]),
+            args=args("factorize"),
             state=factorize_state_flag,
+        conda:
+            CONDA_ENV
         shell:
             "python -m lori.factorize partial --hidden {input.hidden} --step {wildcards.step} "
             "--shard {wildcards.shard} {params.state} --out {output} {params.args} > {log} 2>&1"
@@ -149,9 +127,11 @@ else:
         wildcard_constraints:
             step="|".join(FACTORIZE_STEPS[:-1]),
         params:
-            args=to_flags(config["factorize"]),
+            args=args("factorize"),
             parts=lambda wc, input: ",".join(input.parts),
             state=factorize_state_flag,
+        conda:
+            CONDA_ENV
         shell:
             "python -m lori.factorize gather --hidden {input.hidden} --step {wildcards.step} "
             "--parts {params.parts} {params.state} --out {output} {params.args} > {log} 2>&1"
@@ -166,8 +146,10 @@ else:
         log:
             f"{R}/logs/factorize.log",
         params:
-            args=to_flags(config["factorize"]),
+            args=args("factorize"),
             parts=lambda wc, input: ",".join(input.parts),
+        conda:
+            CONDA_ENV
         shell:
             "python -m lori.factorize gather --hidden {input.hidden} --step "
             + FACTORIZE_STEPS[-1]
@@ -187,8 +169,10 @@ rule targets:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
-        args=to_flags(config["targets"]),
+        args=args("targets"),
         runtime=runtime_flags(),
+    conda:
+        CONDA_ENV
     shell:
         TARGETS_SHELL
 
@@ -209,8 +193,9 @@ rule factorize_ranks:
         ranks=LOWRANK_TAG,
     threads: config["threads"]
     params:
-        args=lambda wc: to_flags({**{k: v for k, v in config["factorize"].items() if k != "shards"},
-                                  **parse_lowrank_tag(wc.ranks)}),
+        args=lambda wc: args("factorize", ranks=wc.ranks),
+    conda:
+        CONDA_ENV
     shell:
         FACTORIZE_SHELL
 
@@ -230,7 +215,9 @@ rule targets_ranks:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
-        args=to_flags(config["targets"]),
+        args=args("targets"),
         runtime=runtime_flags(),
+    conda:
+        CONDA_ENV
     shell:
         TARGETS_SHELL

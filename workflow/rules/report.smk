@@ -1,13 +1,5 @@
 # The report: lori's own self-contained report.html plus its figures, each flagged for
 # `snakemake --report` under the category of the stage it is about.
-THOUGHT_BENCH = "test" if "test" in BENCHES else BENCHES[0]
-
-
-def figure(name, category):
-    return report(f"{R}/report/{name}.png", caption=f"../report/{name}.rst", category=category,
-                  labels={"figure": name.replace("_", " ")})
-
-
 rule report:
     input:
         evals=expand(f"{R}/eval/{{method}}/{{bench}}.json", method=EVALUATED, bench=BENCHES),
@@ -29,12 +21,14 @@ rule report:
     log:
         f"{R}/logs/report.log",
     params:
-        args=to_flags({**config["report"], "run": config["run"], "sweep": config["sweep"]}),
+        args=args("report"),
         evals=lambda wc, input: ",".join(input.evals),
         metrics=lambda wc, input: ",".join(input.metrics),
         extra=lambda wc, input: ",".join(input.extra),
         students=lambda wc, input: f"--students {','.join(input.students)}" if input.students else "",
-        out=f"{R}/report",
+        out=lambda wc: f"{R}/report",   # a function: the report directory is derived, not a hard-coded prefix
+    conda:
+        CONDA_ENV
     shell:
         "python -m lori.report --evals {params.evals} --factors {input.factors} --metrics {params.metrics} "
         "--extra {params.extra} {params.students} --thought-data {input.thought_data} "

@@ -1,22 +1,3 @@
-def distill_inputs(wc):
-    inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
-    if needs_targets(wc.method):
-        factors, targets = lowrank_paths(wc.method)
-        inputs.update(targets=targets, factors=factors)
-    match = matched(wc.method)
-    if match:
-        inputs.update(match_ref=f"{R}/students/{match['ref']}_metrics.jsonl",
-                      match_base=f"{R}/students/{match['base']}_metrics.jsonl")
-    return inputs
-
-
-def match_flags(wc, input):
-    match = matched(wc.method)
-    if not match:
-        return ""
-    return f"--match-ref {input.match_ref} --match-base {input.match_base} --match-by {match['by']}"
-
-
 rule distill:
     input:
         unpack(distill_inputs),
@@ -30,13 +11,15 @@ rule distill:
     resources:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
-        args=lambda wc: to_flags(method_config(wc.method)),
+        args=lambda wc: args("distill", student=wc.method),
         lowrank=lambda wc, input: (
             f"--targets {input.targets} --factors {input.factors}" if "targets" in input.keys() else ""
         ),
         match=match_flags,
-        runtime=lambda wc: runtime_flags(student_seed(wc.method)),
+        runtime=lambda wc: runtime_flags(wc.method),
         launch=trainer("distill"),
+    conda:
+        CONDA_ENV
     shell:
         "{params.launch} --teacher {input.teacher} --records {input.records} {params.lowrank} {params.match} "
         "--out {output.model} --metrics {output.metrics} {params.args} {params.runtime} --threads {threads} "
@@ -57,8 +40,10 @@ rule evaluate:
     resources:
         gpu=0 if config["device"] == "cpu" else 1,
     params:
-        args=to_flags(config["evaluate"]),
+        args=args("evaluate"),
         runtime=runtime_flags(),
+    conda:
+        CONDA_ENV
     shell:
         "python -m lori.evaluate --method {wildcards.method} --bench {wildcards.bench} --model {input.model} "
         "--data {input.data} --out {output.rows} --summary {output.summary} {params.args} {params.runtime} "

@@ -12,11 +12,13 @@ rule teacher_sft:
     resources:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
-        args=to_flags({**config["model"], **config["teacher_sft"], **training_runtime(TeacherSFTConfig)}),
+        args=args("teacher_sft"),
         # a pretrained model starts from its converted checkpoint (rule base_model), not the hub / GGUF
         base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),
         launch=trainer("teacher_sft"),
+    conda:
+        CONDA_ENV
     shell:
         "{params.launch} --train {input.train} --out {output.model} --metrics {output.metrics} "
         "{params.args} {params.base} {params.runtime} --threads {threads} > {log} 2>&1"
@@ -36,8 +38,10 @@ rule teacher_cot:
     resources:
         gpu=0 if config["device"] == "cpu" else 1,
     params:
-        args=to_flags(config["teacher_cot"]),
+        args=args("teacher_cot"),
         runtime=runtime_flags(),
+    conda:
+        CONDA_ENV
     shell:
         "python -m lori.teacher_cot --teacher {input.teacher} --train {input.train} --out {output.records} "
         "--summary {output.summary} {params.args} {params.runtime} --threads {threads} > {log} 2>&1"
