@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 
+from benchlib import device_name, run_parser, setup, sync
+
 from lori.data.records import iter_batches, read_records
 from lori.model.generate import generate_cot
 from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint
 from lori.model.sequences import student_batch
-
-from benchlib import device_name, run_parser, setup, sync
 
 
 def time_method(generate, records, batch_size: int, device, repeats: int = 2) -> tuple[float, float]:

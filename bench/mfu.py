@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from lori.model.latent import LatentStudent
-from lori.training.losses import moments, reason_loss
 from lori.lowrank.maths import Factors
-from lori.model.sequences import StudentBatch
+from lori.model.latent import LatentStudent
 from lori.model.precision import autocast_context
+from lori.model.sequences import StudentBatch
+from lori.training.losses import moments, reason_loss
 
 SMOLLM2 = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                intermediate_size=1536, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)

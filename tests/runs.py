@@ -1,32 +1,81 @@
-"""A synthetic run directory with every artifact the read-side tools use (report, thoughts, compare).
+"""Run directories for the tests: synthetic ones built in Python, real ones through Snakemake.
 
-Built in about a second from random tiny models and made-up evaluation rows, so the tests of
-``lori report RUN``, ``lori thoughts`` and ``lori compare`` need no pipeline run.
+- :func:`make_run`: a synthetic run directory with every artifact the read-side tools use (report,
+  thoughts, compare), built in about a second from random tiny models and made-up evaluation rows,
+  so the tests of ``lori report RUN``, ``lori thoughts`` and ``lori compare`` need no pipeline run;
+- :func:`write_hidden`: a hidden-state store as ``dump_hidden`` writes it, from given arrays;
+- :func:`snakemake` / :func:`planned_jobs`: run the workflow (usually a dry run) in a scratch
+  directory, and read the jobs it plans; :data:`MICRO` is the micro config of ``.test/``.
+
+Torch-free at import: the Snakemake tests use this module without loading a model.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import zarr
 
+from lori.artifacts.store import zarr_create, zarr_put
 from tests.tiny import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+MICRO = ROOT / ".test" / "config.yaml"
+STAGES = {"prepare_data", "teacher_sft", "teacher_cot", "dump_hidden", "factorize", "targets", "distill", "evaluate", "report"}
 
 METHODS = {"cot_sft": 0.75, "no_cot": 0.25, "lori": 0.5}     # method -> made-up accuracy
 BENCHES = ("test", "longer")
 
 
+# ---------------------------------------------------------------- Snakemake
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    """``snakemake -s workflow/Snakefile --directory workdir --cores 2 [--configfile] args``, with this
+    interpreter's ``bin/`` first on PATH so the jobs' ``python -m lori...`` find this environment."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2"]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=600)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table ({} when nothing to do)."""
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+# ---------------------------------------------------------------- synthetic artifacts
+def write_hidden(path, H: np.ndarray, offsets, chunk: int = 32) -> str:
+    """A hidden store as dump_hidden writes it (float16 states, small chunks to exercise streaming)."""
+    g = zarr.open_group(str(path), mode="w")
+    states = zarr_create(g, "states", H.shape, "float16", ["token", "layer", "hidden"], chunks=(chunk, *H.shape[1:]))
+    states[...] = H.astype(np.float16)
+    zarr_put(g, "offsets", np.asarray(offsets, dtype=np.int64), ["example_plus_one"])
+    zarr_put(g, "example_id", np.array([f"ex{i}" for i in range(len(offsets) - 1)]), ["example"])
+    zarr_put(g, "anchors", np.zeros((len(offsets) - 1, 1, *H.shape[1:]), np.float16), ["example", "anchor", "layer", "hidden"])
+    g.attrs.update({"stage": "dump_hidden", "layers": list(range(1, H.shape[1] + 1)), "model": "synthetic"})
+    return str(path)
+
+
 def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
-    """``root/name`` laid out like ``results/<run>`` (DESIGN.md §5), with a K=2 latent student."""
-    import torch
+    """``root/name`` laid out like ``results/<run>`` (docs/artifacts.md), with a K=2 latent student."""
+    import torch      # here, not above: the Snakemake helpers stay torch-free
 
     from lori import factorize
+    from lori.data.generator import generate
     from lori.data.records import BOT, EOT, write_records
     from lori.evaluate import summarize
     from lori.model.latent import LatentStudent
     from lori.model.loading import build_scratch_model, build_word_tokenizer
-    from lori.data.generator import generate
-    from tests.test_factorize import write_hidden
 
     torch.manual_seed(seed)
     run = root / name

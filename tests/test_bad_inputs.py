@@ -27,14 +27,11 @@ HERE = Path(__file__).parent / "bad_inputs"
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> dict[str, str]:
+def good(tmp_path_factory, tiny_teacher) -> dict[str, str]:
     """Valid artifacts of a tiny run, each bad case damages a copy of one of them."""
     d = tmp_path_factory.mktemp("good")
-    p = {k: str(d / v) for k, v in {"train": "train.jsonl", "teacher": "teacher", "hidden": "calib.zarr",
-                                    "factors": "factors.zarr", "targets": "targets.zarr"}.items()}
-    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "12", "--out", p["train"]])
-    teacher_sft.main(["--train", p["train"], "--out", p["teacher"], "--scratch", TINY, "--steps", "1",
-                      "--batch-size", "4", *RUNTIME])
+    p = {"train": str(tiny_teacher.train), "teacher": str(tiny_teacher.teacher)}
+    p |= {k: str(d / v) for k, v in {"hidden": "calib.zarr", "factors": "factors.zarr", "targets": "targets.zarr"}.items()}
     dump_hidden.main(["--teacher", p["teacher"], "--records", p["train"], "--out", p["hidden"],
                       "--calibration-size", "6", *RUNTIME])
     factorize.main(["--hidden", p["hidden"], "--out", p["factors"], "--rank-layer", "2", "--rank-hidden", "4"])

@@ -1,45 +1,134 @@
 """The `lori` console script: one entry, every subcommand with a --help that explains itself."""
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from lori.__main__ import COMMANDS, main
 
-# a phrase each command's --help must contain: what it does, not just its flags
+# the commands and the flags each one's --help listed at commit dc046d5; Snakemake's shell commands
+# and users' scripts use them, so none may disappear (new ones may be added)
+RECORDED_FLAGS = json.loads((Path(__file__).parent / "data" / "cli_flags.json").read_text())
+# the user tools' --help: a phrase saying what the tool does (the stages show their module docstring)
 EXPLAINS = {
     "inspect": "what is inside an artifact",
     "thoughts": "logit lens",
     "compare": "paired exact McNemar",
     "report": "self-contained report.html",
-    "prepare_data": "data/<split>.jsonl",
-    "teacher_sft": "--steps",
-    "teacher_cot": "--max-new-tokens",
-    "dump_hidden": "--calibration-size",
-    "factorize": "--rank-hidden",
-    "targets": "--factors",
-    "distill": "--latent-steps",
-    "evaluate": "--max-new-tokens",
 }
+STAGES = sorted(set(COMMANDS) - set(EXPLAINS))
 
 
-def test_every_command_is_listed():
-    assert set(EXPLAINS) == set(COMMANDS)
+def help_text(command: str, capsys) -> str:
+    """``lori COMMAND [SUBCOMMAND] --help``: checks the exit code, returns the text."""
+    with pytest.raises(SystemExit) as e:
+        main([*command.split(), "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def flags_of(text: str) -> set[str]:
+    """The flags of a --help's options list."""
+    return set(re.findall(r"^\s+(--[\w-]+)", text, re.M))
+
+
+def test_every_command_is_listed_and_known(capsys):
+    main([])
+    usage = capsys.readouterr().out
+    assert set(RECORDED_FLAGS) <= set(COMMANDS), "a command was removed"
+    for command in COMMANDS:
+        assert re.search(rf"\b{command}\b", usage.split("\n", 1)[1]), command     # beyond the generated first line
+    for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN"):
+        assert fragment in usage
 
 
 @pytest.mark.parametrize("command", sorted(EXPLAINS))
-def test_help_explains_itself(command, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([command, "--help"])
-    assert e.value.code == 0
-    text = capsys.readouterr().out
+def test_user_tool_help_explains_itself(command, capsys):
+    text = help_text(command, capsys)
     assert EXPLAINS[command] in text, text[:2000]
 
 
-def test_top_level_usage_names_the_user_commands(capsys):
-    main([])
-    text = capsys.readouterr().out
-    for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN"):
-        assert fragment in text
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_help_is_its_docstring_with_described_paths(stage, capsys):
+    """A stage's --help shows its whole module docstring (what it reads and writes, how to run it
+    alone), every required path flag has a description, and the standalone example uses real flags."""
+    text = help_text(stage, capsys)
+    doc = importlib.import_module(f"lori.{stage}").__doc__
+    assert re.search(r"\bwrites\b", doc, re.I), f"lori/{stage}.py's docstring does not say what it writes"
+    for line in filter(None, map(str.strip, doc.splitlines())):
+        assert line in text, line
+    usage = text[: text.index("\n\n")]
+    required = re.findall(r"(?<!\[)(--[\w-]+) [A-Z_]+", re.sub(r"\[[^\]]*\]", "", usage))
+    assert required, usage
+    for flag in required:
+        described = re.search(rf"^\s+{flag} [A-Z_]+\s+\S", text, re.M) or \
+            re.search(rf"^\s+{flag} [A-Z_]+\n\s{{10,}}\S", text, re.M)
+        assert described, f"{flag} has no description in lori {stage} --help"
+    examples = re.findall(rf"python -m lori\.{stage}( partial| gather)?( .*)", doc)
+    assert examples, f"lori/{stage}.py's docstring has no standalone example"
+    for sub, args in examples:     # run alone, or as a scatter/gather subcommand
+        flags = flags_of(help_text(f"{stage}{sub}", capsys)) if sub else flags_of(text)
+        unknown = set(re.findall(r"--[\w-]+", args)) - flags
+        assert not unknown, f"the example 'python -m lori.{stage}{sub} ...' uses unknown flag(s) {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_usage_names_the_command(stage, capsys):
+    usage = help_text(stage, capsys).split("[", 1)[0]
+    assert usage.startswith((f"usage: lori {stage} ", f"usage: python -m lori.{stage} ")), usage
+
+
+@pytest.mark.parametrize("command", sorted(RECORDED_FLAGS))
+def test_help_keeps_every_recorded_flag(command, capsys):
+    missing = set(RECORDED_FLAGS[command]) - flags_of(help_text(command, capsys))
+    assert not missing, f"lori {command} lost flag(s) {sorted(missing)}"
+
+
+# Imports each lori module in turn, as the first lori import of a fresh process, and records the
+# HF_HUB_OFFLINE each saw when it reached for the hub libraries (stopped there: no slow import).
+HUB_PROBE = """
+import importlib, importlib.abc, json, os, pkgutil, sys
+import lori
+names = sorted(m.name for m in pkgutil.walk_packages(lori.__path__, 'lori.') if not m.name.endswith('__main__'))
+current, seen = None, {}
+class Stop(ImportError):
+    pass
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('huggingface_hub', 'transformers', 'datasets'):
+            seen.setdefault(current, os.environ.get('HF_HUB_OFFLINE', 'unset'))
+            raise Stop(name)
+sys.meta_path.insert(0, Probe())
+for current in names:
+    for m in [m for m in sys.modules if m == 'lori' or m.startswith('lori.')]:
+        del sys.modules[m]
+    os.environ.pop('HF_HUB_OFFLINE', None)
+    try:
+        importlib.import_module(current)
+    except Stop:
+        pass
+print(json.dumps(seen))
+"""
+
+
+def test_every_module_turns_the_hub_offline_before_importing_it():
+    """``huggingface_hub`` reads HF_HUB_OFFLINE once, at import: a module that imports transformers
+    before :func:`lori.hub.apply_offline_default` ran would let a missing model be looked up online
+    (a minute of retries offline, a download otherwise), depending on which module came first."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "LORI_ALLOW_DOWNLOAD")}
+    res = subprocess.run([sys.executable, "-c", HUB_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen = json.loads(res.stdout.splitlines()[-1])
+    assert seen, "no module imports the hub libraries: is the probe still working?"
+    online = sorted(m for m, value in seen.items() if value != "1")
+    assert not online, f"imported first, these import transformers/huggingface_hub before HF_HUB_OFFLINE is set: {online}"
 
 
 def test_stage_summary_line(caplog):

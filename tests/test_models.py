@@ -17,7 +17,7 @@ from lori import convert_model, dump_hidden, factorize, prepare_data, targets
 from lori.data.records import BOT, EOT, Record, write_records
 from lori.artifacts.store import ArtifactError
 from lori.model.latent import LatentStudent
-from lori.model.loading import ensure_special_tokens, load_checkpoint, load_pretrained, package_gguf
+from lori.model.loading import num_params, ensure_special_tokens, load_checkpoint, load_pretrained, package_gguf
 from lori.model.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig, run as teacher_sft_run
 
@@ -116,8 +116,8 @@ def test_convert_model_writes_safetensors_checkpoint(pretrained_dir, tmp_path):
     assert "model.safetensors" in files and "config.json" in files and "source.json" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     info = json.loads((out / "source.json").read_text())
-    assert info["src"] == str(path) and info["parameters"] > 0
     a, _ = load_pretrained(str(path))
+    assert info["src"] == str(path) and info["parameters"] == num_params(a)
     b, _ = load_checkpoint(out)
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(a(ids).logits, b(ids).logits)

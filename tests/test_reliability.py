@@ -21,21 +21,16 @@ import numpy as np
 import pytest
 import zarr
 
-from lori import distill, dump_hidden, factorize, prepare_data, targets, teacher_sft
+from lori import distill, dump_hidden, factorize, targets, teacher_sft
 from tests.tiny import TINY, RUNTIME
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("rel")
-    p = {"train": d / "train.jsonl", "teacher": d / "teacher"}
-    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "64", "--out", str(p["train"])])
-    teacher_sft.main(["--train", str(p["train"]), "--out", str(p["teacher"]), "--scratch", TINY, "--steps", "2",
-                      "--batch-size", "8", *RUNTIME])
-    p["dir"] = d
-    return p
+def run(tmp_path_factory, tiny_teacher) -> dict[str, Path]:
+    """The shared tiny teacher and its training data, and a directory for this module's outputs."""
+    return {"train": tiny_teacher.train, "teacher": tiny_teacher.teacher, "dir": tmp_path_factory.mktemp("rel")}
 
 
 def digests(path: Path) -> dict[str, str]:
@@ -150,8 +145,13 @@ def test_cpu_runs_are_bitwise_reproducible(run, tmp_path):
 
 
 def test_artifacts_carry_config_hash_and_version(run):
+    import lori
+    from lori.config import config_hash
+
     meta = json.loads((run["teacher"] / "train_config.json").read_text())
-    assert meta["config_hash"] and meta["lori_version"]
+    values = {k: v for k, v in meta.items() if k not in ("config_hash", "lori_version")}
+    assert meta["config_hash"] == config_hash(values) and meta["lori_version"] == lori.__version__
+    assert values["steps"] > 0 and "lr" in values       # the resolved config itself, not just its hash
 
 
 # ---------------------------------------------------------------- safe loading

@@ -9,29 +9,26 @@ import pytest
 import torch
 import zarr
 
-from lori import dump_hidden, distill, evaluate, factorize, prepare_data, report, targets, teacher_cot, teacher_sft
+from lori import dump_hidden, distill, evaluate, factorize, prepare_data, report, targets, teacher_cot
 from lori.data.records import read_records
-from lori.factorize import load_factors
+from lori.artifacts.factors import load_factors
 from lori.model.latent import LatentStudent
-from tests.tiny import TINY, RUNTIME
+from tests.tiny import RUNTIME
 
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Runs the stages in order once; tests inspect the artifacts."""
+def pipeline(tmp_path_factory, tiny_teacher):
+    """Runs the stages after the shared tiny teacher in order once; tests inspect the artifacts."""
     d = tmp_path_factory.mktemp("run")
-    p = {k: str(d / v) for k, v in {
-        "train": "data/train.jsonl", "test": "data/test.jsonl", "teacher": "teacher", "tmetrics": "teacher_metrics.jsonl",
+    p = {"train": str(tiny_teacher.train), "test": str(tiny_teacher.test), "teacher": str(tiny_teacher.teacher),
+         "tmetrics": str(tiny_teacher.metrics)}
+    p |= {k: str(d / v) for k, v in {
         "cot": "teacher_cot/train.jsonl", "cot_summary": "teacher_cot/summary.json", "hidden": "hidden/calib.zarr",
         "factors": "lowrank/factors.zarr", "targets": "targets/train.zarr", "lori": "students/lori",
         "lori_metrics": "students/lori_metrics.jsonl", "no_cot": "students/no_cot",
         "no_cot_metrics": "students/no_cot_metrics.jsonl",
         "eval_lori": "eval/lori/test.jsonl", "eval_cot": "eval/cot_sft/test.jsonl", "report": "report"}.items()}
-    prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "48", "--out", p["train"]])
-    prepare_data.main(["--split", "test", "--kind", "quickstart", "--n", "12", "--out", p["test"], "--exclude", p["train"]])
-    teacher_sft.main(["--train", p["train"], "--out", p["teacher"], "--metrics", p["tmetrics"], "--scratch", TINY,
-                      "--steps", "3", "--batch-size", "8", "--log-every", "1", *RUNTIME])
     teacher_cot.main(["--teacher", p["teacher"], "--train", p["train"], "--out", p["cot"], "--summary", p["cot_summary"],
                       "--max-new-tokens", "8", *RUNTIME])
     dump_hidden.main(["--teacher", p["teacher"], "--records", p["cot"], "--out", p["hidden"], "--calibration-size", "20",

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from tests.test_workflow import MICRO, ROOT, STAGES, planned_jobs, snakemake
+from tests.runs import MICRO, ROOT, STAGES, planned_jobs, snakemake
 
 PROFILES = ROOT / "workflow" / "profiles"
 
