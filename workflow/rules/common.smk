@@ -75,7 +75,7 @@ def get_final_output():
     return [f"{R}/report/report.md", f"{R}/report/report.html"]
 
 
-# ---------------------------------------------------------------- base_model
+# ---------------------------------------------------------------- convert_model
 def base_model_source():
     """A local model file or folder is an input (edits rerun the conversion); a hub name or pkg: is a param."""
     src = config["model"]["name_or_path"]

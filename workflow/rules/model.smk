@@ -3,7 +3,7 @@
 # (a from-scratch model) never runs it.
 
 
-rule base_model:
+rule convert_model:
     input:
         base_model_source(),
     output:

@@ -13,7 +13,7 @@ rule teacher_sft:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
         args=args("teacher_sft"),
-        # a pretrained model starts from its converted checkpoint (rule base_model), not the hub / GGUF
+        # a pretrained model starts from its converted checkpoint (rule convert_model), not the hub / GGUF
         base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),
         launch=trainer("teacher_sft"),
