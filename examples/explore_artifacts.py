@@ -17,6 +17,8 @@ import pandas as pd
 import zarr
 
 from lori.analysis.figures import (
+    has_validation,
+    plot_accuracy_compute,
     plot_accuracy_tokens,
     plot_agreement,
     plot_effective_rank,
@@ -53,6 +55,8 @@ def main() -> None:
     metrics = {p.name.replace("_metrics.jsonl", ""): pd.read_json(p, lines=True).to_dict("records")
                for p in [run / "teacher_metrics.jsonl", *sorted(run.glob("students/*_metrics.jsonl"))] if p.exists()}
     plot_training(metrics, out / "training.png")
+    if has_validation(metrics):      # a run with data.validation and eval_every: accuracy-vs-compute curves
+        plot_accuracy_compute(metrics, out / "accuracy_vs_compute.png")
 
     # 3. the low-rank structure: the factors store, raw, then the report's figures
     factors_path = run / "lowrank" / "factors.zarr"

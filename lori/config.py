@@ -78,6 +78,15 @@ def _check_consistency(config: dict, source: str) -> None:
     problems = []
     qs = config["data"].get("quickstart", {})
     splits = [("train", config["data"]["train"]), *config["data"]["benchmarks"].items()]
+    if config["data"].get("validation"):
+        splits.append((VALIDATION, config["data"]["validation"]))
+        if VALIDATION in config["data"]["benchmarks"]:
+            problems.append(f"data.benchmarks.{VALIDATION}: the name is data.validation's split; rename the benchmark")
+    else:
+        problems += [f"{section}.eval_every: {every} needs a validation split (data.validation)"
+                     for section, every in (("teacher_sft", config["teacher_sft"].get("eval_every", 0)),
+                                            ("distill.common", config["distill"]["common"].get("eval_every", 0)))
+                     if every]
     for name, spec in splits:
         if spec["kind"] == "quickstart":
             lo, hi = spec.get("min_steps") or qs.get("min_steps", 2), spec.get("max_steps") or qs.get("max_steps", 4)
@@ -113,11 +122,19 @@ STAGES = ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_h
           "distill", "evaluate", "report")
 #: stages that run a model: they also take seed, device (:func:`runtime_args`) and threads
 MODEL_STAGES = ("teacher_sft", "teacher_cot", "dump_hidden", "targets", "distill", "evaluate")
+#: the split name (data/<split>.jsonl, record ids) of ``data.validation``
+VALIDATION = "validation"
 
 
 def split_spec(config: dict, split: str) -> dict:
     """A data split's spec, merged with the generator settings (only what affects that split)."""
-    spec = config["data"]["train"] if split == "train" else config["data"]["benchmarks"][split]
+    data = config["data"]
+    if split == "train":
+        spec = data["train"]
+    elif split == VALIDATION and data.get("validation"):
+        spec = data["validation"]
+    else:
+        spec = data["benchmarks"][split]
     values = {k: v for k, v in spec.items() if v is not None}
     if spec["kind"] == "quickstart":
         values = {**config["data"]["quickstart"], "global_seed": config["seed"], **values}
@@ -132,6 +149,23 @@ def training_runtime(config: dict, stage: str) -> dict:
             if k in RUNTIME_KNOBS.get(stage, ()) and v != defaults[k]["default"]}
 
 
+def with_validation(config: dict, values: dict) -> dict:
+    """A training stage's knobs with validation during training: ``eval_every`` plus the evaluate
+    stage's decoding knobs when the run has ``data.validation`` and ``eval_every > 0``; otherwise
+    none of them, so a run without validation passes no new flag (its commands, and so its cached
+    outputs, stay those of earlier versions)."""
+    every = values.pop("eval_every", 0)
+    if config["data"].get("validation") and every:
+        values.update(eval_every=every, val_batch_size=config["evaluate"]["batch_size"],
+                      val_max_new_tokens=config["evaluate"]["max_new_tokens"])
+    return values
+
+
+def validates(config: dict, stage: str, student: str | None = None) -> bool:
+    """Whether a training job (teacher_sft, or distill of ``student``) evaluates on the validation split."""
+    return "eval_every" in stage_args(config, stage, student=student)
+
+
 def stage_args(config: dict, stage: str, *, split: str | None = None, student: str | None = None,
                ranks: str | None = None) -> dict:
     """The knobs of one job of ``stage`` from a validated pipeline config.
@@ -140,16 +174,17 @@ def stage_args(config: dict, stage: str, *, split: str | None = None, student: s
     stage's ``--config`` path reads the same dict. ``split`` (prepare_data: which data split),
     ``student`` (distill: a method, sweep variant or ``<variant>-seed<k>``) and ``ranks``
     (factorize: a rank variant's tag, e.g. ``rl1-rh8``) pick the job. Seed, device and threads
-    are not knobs of a stage: see :func:`runtime_args`.
+    are not knobs of a stage: see :func:`runtime_args`. Validation during training adds its knobs
+    to teacher_sft and distill only when the run turns it on (:func:`with_validation`).
     """
     if stage == "prepare_data":
         return split_spec(config, split or "train")
     if stage == "convert_model":
         return {"src": config["model"]["name_or_path"], "gguf_file": config["model"]["gguf_file"]}
     if stage == "teacher_sft":
-        return {**config["model"], **config["teacher_sft"], **training_runtime(config, stage)}
+        return with_validation(config, {**config["model"], **config["teacher_sft"], **training_runtime(config, stage)})
     if stage == "distill":
-        return {**student_config(config, student or "lori"), **training_runtime(config, stage)}
+        return with_validation(config, {**student_config(config, student or "lori"), **training_runtime(config, stage)})
     if stage == "dump_hidden":
         # shards: 1 adds no flag, so an unsharded dump's command is the one it always was (cached)
         return {k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1}
@@ -252,8 +287,8 @@ def config_section(config: dict, stage: str, ns: argparse.Namespace) -> dict:
     if stage == "distill" and student not in student_runs(config):
         # a method this run does not train: distill.common + that method's block, run seed
         method = student or "lori"
-        values = {**config["distill"]["common"], **config["distill"].get(method, {}), "method": method,
-                  **training_runtime(config, stage)}
+        values = with_validation(config, {**config["distill"]["common"], **config["distill"].get(method, {}),
+                                          "method": method, **training_runtime(config, stage)})
         student = None
     else:
         student = student if stage == "distill" else None

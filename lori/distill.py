@@ -9,7 +9,10 @@ Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, 
 alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
 ``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
 ``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
-checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`).
+checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`). With ``--val`` and
+``--eval-every N`` the student is evaluated on the validation records every N steps, decoded as
+``evaluate`` decodes it, and its metrics rows get ``val_accuracy``, ``train_s``, ``flops_total``
+(:mod:`lori.training.validation`).
 
 Standalone::
 
@@ -43,6 +46,7 @@ from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, 
 from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
 from lori.training.recipes.lori import TeacherTargets
 from lori.training.recipes.registry import RECIPES, RecipeContext
+from lori.training.validation import validation_evaluator
 
 log = logging.getLogger("lori.distill")
 
@@ -112,9 +116,10 @@ def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factor
 
 def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
         factors_path: str | None = None, metrics: str | None = None,
-        match: tuple[str, str, str] | None = None) -> list[dict]:
+        match: tuple[str, str, str] | None = None, val: str | None = None) -> list[dict]:
     """Train one student. ``match = (ref_metrics, base_metrics, by)`` sets ``cfg.steps`` so the
-    student gets the ref student's training compute (:func:`lori.sweep.matched_steps`)."""
+    student gets the ref student's training compute (:func:`lori.sweep.matched_steps`). ``val``:
+    validation records, evaluated every ``cfg.eval_every`` steps (:mod:`lori.training.validation`)."""
     matched = None
     if match is not None:
         try:
@@ -137,10 +142,12 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
              num_params(student) / 1e6, cfg.args.latent_steps, cfg.args, len(records), device)
     recipe = RECIPES[cfg.method](cfg.args, RecipeContext(student, tokenizer, records, device, cfg.seed, cfg.steps,
                                                          targets, factors))
+    # decoded the way `evaluate` decodes this student: K latent thoughts (0: No-CoT, iCoT-SI), then the answer
+    evaluator = validation_evaluator(student, tokenizer, val, cfg, device)
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
-    run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path)
+    run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path, *([val] if val else []))
     rows = fit(student, recipe.loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
-               ckpt=ckpt, run_id=run_id, dist_info=info, on_step=recipe.on_step)
+               ckpt=ckpt, run_id=run_id, dist_info=info, on_step=recipe.on_step, evaluator=evaluator)
     student.eval()
     final = unsharded(student, info, lambda: plain_student_like(student))   # FSDP: gathered on rank 0
     if info.is_main:
@@ -159,13 +166,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                           ("--match-ref", "(optional) metrics jsonl of the student whose compute to match"),
                           ("--match-base", "(optional) metrics jsonl of this method's plain run (cost of one step)"),
                           ("--match-by", "(optional) flops | wall (with --match-ref/--match-base)"),
+                          ("--val", "(optional) validation records jsonl, evaluated every --eval-every steps"),
                           ("--student", "(optional) with --config: the run's student whose knobs to take (a method, "
                                         "sweep variant or <variant>-seed<k>; default: --method)")],
                          "distill")
     if bool(ns.match_ref) != bool(ns.match_base):
         raise ArtifactError("--match-ref and --match-base go together")
     match = (ns.match_ref, ns.match_base, ns.match_by or "flops") if ns.match_ref else None
-    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics, match)
+    rows = run(cfg, ns.teacher, ns.records, ns.out, ns.targets, ns.factors, ns.metrics, match, ns.val)
     steps = rows[-1]["step"] if rows else cfg.steps     # a compute-matched student sets its own step count
     stage_summary(f"distill {cfg.method}", steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 

@@ -31,9 +31,9 @@ from lori.analysis.stats import wilson_interval
 from lori.artifacts import evaluation
 from lori.cli import stage_main, stage_summary
 from lori.config import config_hash
-from lori.data.answers import extract, is_correct
+from lori.data.answers import is_correct
 from lori.data.records import iter_batches, read_records
-from lori.model.generate import generate_cot
+from lori.model.answer import answer_rows
 from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint, setup_runtime
 from lori.model.sequences import student_batch
@@ -97,26 +97,15 @@ def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path:
     records = read_records(data)
     if cfg.method == "cot_sft":
         model, tokenizer = load_checkpoint(model_path)
-        model.to(device).eval()
         latent = 0
-
-        def generate(batch):
-            return generate_cot(model, tokenizer, [r.question for r in batch], cfg.max_new_tokens, device)
     else:
-        student, tokenizer = LatentStudent.load(model_path)
-        student.to(device).eval()
-        latent = student.latent_steps
-
-        def generate(batch):
-            return student.generate(student_batch(tokenizer, batch, latent).to(device), cfg.max_new_tokens, tokenizer)
-
-    rows, start = [], time.perf_counter()
-    for batch in tqdm(list(iter_batches(records, cfg.batch_size)), desc=f"eval {cfg.method}/{cfg.bench}",
-                      mininterval=5, disable=None):
-        for r, g in zip(batch, generate(batch)):
-            rows.append({"id": r.id, "prediction": g.text, "parsed": extract(g.text), "gold": r.answer,
-                         "correct": is_correct(g.text, r.answer), "generated_tokens": g.tokens,
-                         "latent_steps": latent, "latency_s": g.latency})
+        model, tokenizer = LatentStudent.load(model_path)
+        student, latent = model, model.latent_steps
+    model.to(device).eval()
+    start = time.perf_counter()
+    # the one decoding path of every evaluation (also the training loop's validation)
+    rows = answer_rows(model, tokenizer, records, cfg.batch_size, cfg.max_new_tokens, device,
+                       desc=f"eval {cfg.method}/{cfg.bench}")
     summary = summarize(rows, cfg.method, cfg.bench)
     summary["wall_s"] = time.perf_counter() - start
     if cfg.method != "cot_sft" and latent > 0 and cfg.thought_shuffle and len(records) >= 2:

@@ -9,6 +9,9 @@ PNG + SVG:
 - ``training``: loss curves, one panel per loss term, one line per method;
 - ``accuracy_vs_tokens``: accuracy (Wilson 95% CI) vs generated tokens, every method, every benchmark;
 - ``agreement``: per-problem agreement between methods (from the ``eval/<method>/<bench>.jsonl`` rows);
+- ``accuracy_vs_compute``: validation accuracy during training vs training FLOPs and wall time, every
+  student, the teacher's final CoT accuracy as a line (from the metrics rows with ``val_accuracy``:
+  a run with ``data.validation`` and ``eval_every``);
 - a "Latent thoughts" section: a few test problems with each thought decoded by the logit lens
   (:mod:`lori.analysis.logit_lens`), beside the teacher's CoT (when ``--students`` and ``--thought-data``
   are given).

@@ -5,7 +5,9 @@ layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built
 ``--scratch`` (LLaMA architecture, word-level tokenizer from the training data) when
 ``--name-or-path`` is none, else loaded from a hub name, local dir or ``.gguf`` file.
 While training, a resumable checkpoint ``<out>.ckpt/`` is written every
-``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.training.loop`).
+``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.training.loop`). With
+``--val`` and ``--eval-every N`` the teacher's CoT accuracy on the validation records is logged
+every N steps (:mod:`lori.training.validation`).
 
 Standalone::
 
@@ -39,6 +41,7 @@ from lori.model.precision import to_device
 from lori.model.sequences import teacher_batch, teacher_sequence
 from lori.training.distributed import cleanup, init_distributed, unsharded
 from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
+from lori.training.validation import validation_evaluator
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -81,7 +84,7 @@ def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
     return model, tokenizer
 
 
-def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None) -> list[dict]:
+def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None, val: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(train)
@@ -106,9 +109,10 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
         flops = step_flops(params, batch["input_ids"].numel())   # training cost, for the report
         return {"loss": model(**batch).loss, "flops": torch.tensor(flops)}   # fit() runs this under bf16 autocast on GPU
 
+    evaluator = validation_evaluator(model, tokenizer, val, cfg, device)   # the teacher answers with its CoT
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
-               run_id=fingerprint(asdict(cfg), train), dist_info=info)
+               run_id=fingerprint(asdict(cfg), train, *([val] if val else [])), dist_info=info, evaluator=evaluator)
     model.eval()
     final = unsharded(model, info, lambda: AutoModelForCausalLM.from_config(model.config))   # FSDP: gathered on rank 0
     if info.is_main:
@@ -121,8 +125,10 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None)
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = stage_main(TeacherSFTConfig, argv, __doc__,
                          [("--train", "training records jsonl"), ("--out", "checkpoint directory"),
-                          ("--metrics", "(optional) metrics jsonl")], "teacher_sft")
-    rows = run(cfg, ns.train, ns.out, ns.metrics)
+                          ("--metrics", "(optional) metrics jsonl"),
+                          ("--val", "(optional) validation records jsonl, evaluated every --eval-every steps")],
+                         "teacher_sft")
+    rows = run(cfg, ns.train, ns.out, ns.metrics, ns.val)
     stage_summary("teacher_sft", cfg.steps, "steps", f"final loss {rows[-1]['loss']:.4g}" if rows else "")
 
 

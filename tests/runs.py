@@ -66,6 +66,15 @@ def write_hidden(path, H: np.ndarray, offsets, chunk: int = 32) -> str:
     return str(path)
 
 
+def validation_row(step: int, accuracy: float, flops_per_step: float, sec_per_step: float, every: int = 2,
+                   last: int = 5, n: int = 8) -> dict:
+    """The keys a metrics row gets at a validation step (every ``every`` steps and the ``last``), else {}."""
+    if step % every and step != last:
+        return {}
+    return {"flops_total": step * flops_per_step, "train_s": step * sec_per_step,
+            "val_accuracy": accuracy, "val_n": n}
+
+
 def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
     """``root/name`` laid out like ``results/<run>`` (docs/artifacts.md), with a K=2 latent student."""
     import torch      # here, not above: the Snakemake helpers stay torch-free
@@ -87,10 +96,13 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
         model = build_scratch_model(json.loads(TINY), tok)
         student = LatentStudent(model, k, *tok.convert_tokens_to_ids([BOT, EOT]))
         student.save(run / "students" / method, tok)
-        rows = [{"step": s, "loss": 3.0 / s, "task": 2.0 / s, **({"reason": 1.0 / s, "anchor": 0.5 / s} if k else {})}
+        rows = [{"step": s, "loss": 3.0 / s, "task": 2.0 / s, **({"reason": 1.0 / s, "anchor": 0.5 / s} if k else {}),
+                 **validation_row(s, 0.1 * s + 0.05 * k, 1.2e6 if k else 1e6, 0.2 if k else 0.1)}
                 for s in range(1, 6)]
         (run / "students" / f"{method}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "teacher_metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4.0 / s}) + "\n" for s in range(1, 6)))
+    (run / "teacher_metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4.0 / s,
+                                                                   **validation_row(s, 0.7, 2e6, 0.3)}) + "\n"
+                                                       for s in range(1, 6)))
     rng = np.random.default_rng(seed)
     for method, acc in METHODS.items():
         for b, recs in records.items():

@@ -262,7 +262,7 @@ def jobs(config: dict):
         yield stage, {}
     if config["model"]["name_or_path"]:    # the convert_model rule converts a pretrained model once
         yield "convert_model", {}
-    for split in ["train", *config["data"]["benchmarks"]]:
+    for split in ["train", *config["data"]["benchmarks"], *(["validation"] if config["data"]["validation"] else [])]:
         yield "prepare_data", {"split": split}
     for student in student_runs(config):
         yield "distill", {"student": student}

@@ -5,6 +5,7 @@
 - :func:`plot_training`: loss curves, one panel per loss term, one line per method;
 - :func:`plot_accuracy_tokens`: accuracy (Wilson 95% CI) vs generated tokens, every method and benchmark;
 - :func:`plot_agreement`: per-problem agreement between methods (heatmap per benchmark);
+- :func:`plot_accuracy_compute`: validation accuracy vs training FLOPs and vs training wall time;
 - :func:`plot_placeholder`: a labelled empty figure for one whose data is missing.
 
 :func:`draw_figures` draws the report's fixed set (:data:`FIGURES`). matplotlib is imported on
@@ -20,17 +21,21 @@ import numpy as np
 
 from lori.analysis.stats import Correctness, conditional_agreement
 from lori.lowrank.maths import energy_curve
+from lori.sweep import split_student
 
 #: the figures of every report, always written (a placeholder when their data is missing)
-FIGURES = ("spectrum", "effective_rank", "training", "accuracy_vs_tokens", "agreement")
+FIGURES = ("spectrum", "effective_rank", "training", "accuracy_vs_tokens", "agreement", "accuracy_vs_compute")
 CAPTIONS = {
     "spectrum": "Energy captured vs rank, per mode, of the teacher's CoT trajectories (chosen rank dashed)",
     "effective_rank": "Per-trajectory effective rank, and energy kept by the global factors, vs CoT length",
     "training": "Training losses per term (teacher and students)",
     "accuracy_vs_tokens": "Accuracy (Wilson 95% CI) vs generated tokens per problem, every method and benchmark",
     "agreement": "Per-problem agreement: % of A's correct answers that B also gets right (diagonal: accuracy)",
+    "accuracy_vs_compute": "Validation accuracy during training vs training FLOPs and vs training wall time "
+                           "(validation excluded), every student; the teacher's final CoT accuracy dashed",
 }
-NOT_LOSSES = {"step", "lr", "sec_per_step"}     # metrics columns that are not loss terms
+#: metrics columns that are not loss terms (validation rows add the last four)
+NOT_LOSSES = {"step", "lr", "sec_per_step", "val_accuracy", "val_n", "train_s", "flops_total"}
 
 
 def _pyplot():
@@ -157,6 +162,52 @@ def plot_agreement(rows: Correctness, path: Path) -> None:
     save_figure(fig, path)
 
 
+def validation_rows(rows: list[dict]) -> list[dict]:
+    """The metrics rows of a validation step (a number in ``val_accuracy``; pandas fills NaN elsewhere)."""
+    return [r for r in rows if isinstance(r.get("val_accuracy"), (int, float)) and math.isfinite(r["val_accuracy"])]
+
+
+def has_validation(metrics: dict[str, list[dict]]) -> bool:
+    """Whether any student's training metrics have validation rows (``val_accuracy``)."""
+    return any(validation_rows(rows) for name, rows in metrics.items() if name != "teacher")
+
+
+def plot_accuracy_compute(metrics: dict[str, list[dict]], path: Path) -> None:
+    """Validation accuracy of every student against its cumulative training FLOPs (left) and
+    training wall seconds (right), one line per student (a variant's seeds share its colour), and
+    the teacher's final CoT validation accuracy as a dashed line. Equal-compute comparisons are
+    read off along a vertical line."""
+    plt = _pyplot()
+    curves = {name: validation_rows(rows) for name, rows in sorted(metrics.items()) if name != "teacher"}
+    curves = {name: rows for name, rows in curves.items() if rows}
+    variants = sorted({split_student(name)[0] for name in curves})
+    teacher = validation_rows(metrics.get("teacher", []))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, scale, label in [(axes[0], "flops_total", 1e12, "training FLOPs (x 1e12)"),
+                                  (axes[1], "train_s", 1.0, "training wall time (s, validation excluded)")]:
+        labelled = set()
+        for name, rows in curves.items():
+            variant = split_student(name)[0]
+            seeds = sum(split_student(n)[0] == variant for n in curves)
+            ax.plot([r[key] / scale for r in rows], [100 * r["val_accuracy"] for r in rows], marker="o", ms=3,
+                    color=f"C{variants.index(variant)}",
+                    label=None if variant in labelled else variant + (f" ({seeds} seeds)" if seeds > 1 else ""))
+            labelled.add(variant)
+        if teacher:
+            ax.axhline(100 * teacher[-1]["val_accuracy"], color="k", ls="--", lw=1,
+                       label=f"teacher CoT (final, {100 * teacher[-1]['val_accuracy']:.1f}%)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n = {r["val_n"] for rows in curves.values() for r in rows}
+    fig.suptitle(f"Accuracy vs training compute (validation split, {'/'.join(map(str, sorted(n)))} problems)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Median of y per distinct x (when few) or per x-quantile bin; bins with < 3 points dropped."""
     if len(np.unique(x)) > 3 * bins:
@@ -224,6 +275,11 @@ def draw_figures(folder: Path, summaries: list[dict], factors: dict | None, metr
         plot_agreement(per_problem, folder / "agreement.png")
     else:
         missing["agreement"] = "no per-problem eval rows next to the summaries"
+    if has_validation(metrics):
+        plot_accuracy_compute(metrics, folder / "accuracy_vs_compute.png")
+    else:
+        missing["accuracy_vs_compute"] = ("no validation rows in the students' training metrics "
+                                          "(set data.validation and distill.common.eval_every)")
     for name, reason in missing.items():
         plot_placeholder(folder / f"{name}.png", name, reason)
     return [(f"{name}.png", CAPTIONS[name]) for name in FIGURES if name not in missing], missing

@@ -58,6 +58,10 @@ class OptimConfig:
     grad_clip: float = 1.0               # max grad norm (0 = off)
     log_every: int = 50
     checkpoint_every: int = 200          # steps between resumable checkpoints in <out>.ckpt/ (0 = off)
+    # validation during training (a stage's --val split; lori.training.validation)
+    eval_every: int = 0                  # optimizer steps between validation evaluations, and the last step (0 = off)
+    val_batch_size: int = 250            # problems per decoding batch (config: evaluate.batch_size)
+    val_max_new_tokens: int = 96         # decoding budget per problem (config: evaluate.max_new_tokens)
     # runtime (config section `runtime:`): speed and memory, not the maths
     compile: bool = False                # torch.compile the HF model(s) (in place; GPU: faster steps after a slow first one)
     parallel: str = "ddp"                # ddp (replica per rank) | fsdp (weights/grads/Adam state sharded; >= ~1B params)
@@ -141,14 +145,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(ckpt: Path, module: torch.nn.Module, opt, sched, step: int, rows: list, window: dict,
-                     run_id: str) -> None:
+                     run_id: str, totals: dict) -> None:
     from safetensors.torch import save_model
 
     with atomic_path(ckpt) as tmp:
         tmp.mkdir()
         save_model(module, str(tmp / "model.safetensors"))    # handles tied weights
         torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": _rng_state(), "rows": rows, "window": window}, tmp / "state.pt")
+                    "rng": _rng_state(), "rows": rows, "window": window, "totals": totals}, tmp / "state.pt")
         # written last: a checkpoint is complete iff its meta.json exists (the rename makes it atomic anyway)
         (tmp / "meta.json").write_text(json.dumps({"fingerprint": run_id, "step": step,
                                                    "lori_version": lori.__version__}) + "\n")
@@ -231,11 +235,30 @@ def prepare_module(module: torch.nn.Module, cfg: OptimConfig, info: DistInfo) ->
     return module
 
 
+# ---------------------------------------------------------------- validation
+def validate(module: torch.nn.Module, evaluator: Callable[[], dict]) -> dict:
+    """``evaluator()`` with ``module`` in eval mode and no gradients, leaving training untouched:
+    every submodule's train/eval mode is put back and no random number is consumed (the torch,
+    CUDA, numpy and Python RNG states are restored), so the training that follows is bitwise the
+    one without validation."""
+    modes = [(m, m.training) for m in module.modules()]
+    rng = _rng_state()
+    module.eval()
+    try:
+        with torch.no_grad():
+            return evaluator()
+    finally:
+        _set_rng_state(rng)
+        for m, training in modes:
+            m.training = training
+
+
 # ---------------------------------------------------------------- the loop
 def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torch.Tensor]],
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
         desc: str = "train", ckpt: str | Path | None = None, run_id: str = "",
-        dist_info: DistInfo | None = None, on_step: Callable[[int], bool] | None = None) -> list[dict]:
+        dist_info: DistInfo | None = None, on_step: Callable[[int], bool] | None = None,
+        evaluator: Callable[[], dict] | None = None) -> list[dict]:
     """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
 
     ``on_step(step)`` runs before each step's loss (curricula: Coconut's stages, iCoT-SI's token
@@ -253,6 +276,15 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     shards ``module`` in place first (:func:`lori.training.distributed.shard_fsdp`; no resumable
     checkpoints then) and ``cfg.compile`` compiles its HF model(s) in place; the caller saves
     through :func:`lori.training.distributed.unsharded`.
+
+    ``evaluator()`` (with ``cfg.eval_every > 0``) measures the model on a validation split every
+    ``cfg.eval_every`` steps and at the last step (:func:`validate`: eval mode, no gradients, no
+    RNG consumed); that step's metrics row gets its keys (``val_accuracy``, ``val_n``) plus the
+    cumulative training wall seconds ``train_s`` (validation time excluded, as it is from
+    ``sec_per_step``) and training FLOPs ``flops_total`` (the sum of the steps' ``flops`` terms).
+    An evaluation step always logs a row; with ``eval_every`` a multiple of ``log_every`` the rows
+    are those of a run without validation plus these keys. Rank 0 evaluates (DDP); under FSDP
+    validation is skipped with a warning.
     """
     info = dist_info or DistInfo()
     if info.enabled and cfg.batch_size % info.world_size:
@@ -263,6 +295,9 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         log.warning("parallel: fsdp: resumable checkpoints are not written (checkpoint_every ignored); "
                     "a killed run starts again from step 0")
         ckpt = None
+    if evaluator is not None and cfg.eval_every > 0 and sharded:
+        log.warning("parallel: fsdp: validation during training is not supported (eval_every ignored)")
+    eval_every = cfg.eval_every if evaluator is not None and not sharded else 0
     params = [p for p in module.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
     device = params_device(params)
@@ -273,6 +308,10 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     state = _load_checkpoint(ckpt, module, opt, sched, run_id) if ckpt is not None else None
     start = state["step"] if state else 0
     rows, window = (state["rows"], state["window"]) if state else ([], {})
+    # cumulative training seconds (validation excluded) and FLOPs, carried over a resume
+    totals = (state.get("totals") if state else None) or {}
+    train_s0, flops_total = totals.get("train_s", 0.0), totals.get("flops_total", 0.0)
+    eval_s = 0.0                 # seconds spent validating since t0
     stream = batches(n_examples, cfg.batch_size, seed)
     for _ in range(start):       # the data position: replay the seeded stream to the saved step
         next(stream)
@@ -299,10 +338,21 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         sched.step()
         for k, v in terms.items():
             window.setdefault(k, []).append(float(v.detach()))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        if "flops" in window:
+            flops_total += window["flops"][-1]
+        evaluating = eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or evaluating:
+            trained = time.perf_counter() - t0 - eval_s          # this process's training seconds
             row = {"step": step + 1, "lr": sched.get_last_lr()[0],
                    **{k: sum(v) / len(v) for k, v in window.items()},
-                   "sec_per_step": (time.perf_counter() - t0) / (step + 1 - start)}
+                   "sec_per_step": trained / (step + 1 - start)}
+            if evaluating:
+                row.update(train_s=train_s0 + trained, flops_total=flops_total)
+                t_eval = time.perf_counter()
+                if info.is_main:
+                    row.update(validate(module, evaluator))
+                barrier(info)                    # the other ranks wait for rank 0's validation
+                eval_s += time.perf_counter() - t_eval
             rows.append(row)
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -310,7 +360,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _check_finite_params(module, step + 1)   # a finite loss can still leave inf/NaN weights
             if info.is_main:
-                _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id)
+                totals = {"train_s": train_s0 + time.perf_counter() - t0 - eval_s, "flops_total": flops_total}
+                _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id, totals)
             barrier(info)
     _check_finite_params(module, cfg.steps)
     if metrics_path is not None and info.is_main:

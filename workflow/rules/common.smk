@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even
 import re
 
 # torch-free imports only: the DAG builds without loading torch or any stage module
-from lori.config import runtime_args, stage_args, to_flags, validate_config
+from lori.config import VALIDATION, runtime_args, stage_args, to_flags, validate_config, validates
 from lori.lowrank.passes import plan as factorize_plan
 from lori.sweep import LOWRANK_TAG, factor_overrides, lowrank_tag, matched_inputs, student_runs
 from lori.training.recipes.args import recipe_args
@@ -24,7 +24,9 @@ STUDENT_RUNS = student_runs(config)
 STUDENTS = list(STUDENT_RUNS)
 EVALUATED = ["cot_sft"] * ("cot_sft" in METHODS) + STUDENTS
 BENCHES = list(config["data"]["benchmarks"])
-SPLITS = ["train", *BENCHES]
+# data.validation (optional): the split the training stages evaluate on every eval_every steps
+VALIDATION_SPLIT = [VALIDATION] if config["data"]["validation"] else []
+SPLITS = ["train", *BENCHES, *VALIDATION_SPLIT]
 
 
 wildcard_constraints:
@@ -69,6 +71,28 @@ def matched(student):
 
 def model_dir(method):
     return f"{R}/teacher" if method == "cot_sft" else f"{R}/students/{method}"
+
+
+def split_excludes(split):
+    """Splits whose questions a split excludes: benchmarks exclude train; the validation split
+    excludes train and every benchmark (so it never overlaps what the report tests on)."""
+    if split == "train":
+        return []
+    others = BENCHES if split in VALIDATION_SPLIT else []
+    return [f"{R}/data/{s}.jsonl" for s in ["train", *others]]
+
+
+def validation_input(stage, student=None):
+    """The validation records a training job evaluates on ([] when it does not validate)."""
+    return [f"{R}/data/{VALIDATION}.jsonl"] if validates(config, stage, student) else []
+
+
+def training_args(stage, student=None):
+    """A training job's knobs as flags, plus `--val <records>` when it validates. One param, not
+    derived from `input`: Snakemake reruns a job when a non-derived param changes; without
+    validation the text is exactly `args(...)`, so existing runs stay cached."""
+    val = validation_input(stage, student)
+    return args(stage, student=student) + (f" --val {val[0]}" if val else "")
 
 
 def get_final_output():
@@ -116,6 +140,8 @@ def factorize_state_flag(wildcards, input):
 # ---------------------------------------------------------------- students
 def distill_inputs(wc):
     inputs = {"teacher": f"{R}/teacher", "records": f"{R}/teacher_cot/train.jsonl"}
+    if validation_input("distill", wc.method):
+        inputs.update(val=validation_input("distill", wc.method)[0])
     if needs_targets(wc.method):
         factors, targets = lowrank_paths(wc.method)
         inputs.update(targets=targets, factors=factors)

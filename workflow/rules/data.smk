@@ -1,6 +1,6 @@
 rule prepare_data:
     input:
-        exclude=lambda wc: [] if wc.split == "train" else [f"{R}/data/train.jsonl"],
+        exclude=lambda wc: split_excludes(wc.split),
     output:
         report(f"{R}/data/{{split}}.jsonl", caption="../report/data.rst", category="data", labels={"split": "{split}"}),
     log:

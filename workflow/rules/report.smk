@@ -17,6 +17,7 @@ rule report:
         effective_rank=figure("effective_rank", "low-rank"),
         training=figure("training", "students"),
         accuracy=figure("accuracy_vs_tokens", "evaluation"),
+        accuracy_compute=figure("accuracy_vs_compute", "students"),
         agreement=figure("agreement", "evaluation"),
     log:
         f"{R}/logs/report.log",

@@ -11,7 +11,7 @@ rule distill:
     resources:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
-        args=lambda wc: args("distill", student=wc.method),
+        args=lambda wc: training_args("distill", student=wc.method),
         lowrank=lambda wc, input: (
             f"--targets {input.targets} --factors {input.factors}" if "targets" in input.keys() else ""
         ),

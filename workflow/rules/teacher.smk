@@ -2,6 +2,7 @@ rule teacher_sft:
     input:
         train=f"{R}/data/train.jsonl",
         base=[f"{R}/base_model"] if config["model"]["name_or_path"] else [],
+        val=validation_input("teacher_sft"),
     output:
         model=directory(f"{R}/teacher"),
         metrics=report(f"{R}/teacher_metrics.jsonl", caption="../report/teacher_metrics.rst", category="teacher",
@@ -12,7 +13,7 @@ rule teacher_sft:
     resources:
         gpu=0 if config["device"] == "cpu" else config["gpus"],
     params:
-        args=args("teacher_sft"),
+        args=training_args("teacher_sft"),
         # a pretrained model starts from its converted checkpoint (rule convert_model), not the hub / GGUF
         base=lambda wc, input: f"--name-or-path {input.base} --gguf-file none" if input.base else "",
         runtime=runtime_flags(),
