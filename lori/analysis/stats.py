@@ -1,39 +1,30 @@
 """Statistics of evaluation results: Wilson intervals, exact McNemar tests, per-problem agreement.
 
 Plain functions on counts and on per-problem correctness maps ``(method, bench) -> {problem id:
-correct}`` (:func:`lori.analysis.runs.load_rows` builds them); no I/O, no plotting.
+correct}`` (:func:`lori.analysis.runs.load_rows` builds them); no I/O, no plotting. The interval
+and the test are scipy's (``binomtest``); this module only fixes the conventions (95%, two-sided,
+empty counts).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from scipy.stats import binomtest
 
 Correctness = dict[tuple[str, str], dict[str, bool]]    # (method, bench) -> {problem id: correct}
 
 
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for a binomial proportion."""
+def wilson_interval(correct: int, total: int) -> tuple[float, float]:
+    """Wilson score 95% interval for a binomial proportion ((0, 1) when there is nothing to count)."""
     if total == 0:
         return 0.0, 1.0
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar p-value: are the discordant problems split 50/50?
-
-    The binomial tail summed in exact integers (equal to ``scipy.stats.binomtest(only_a,
-    only_a + only_b).pvalue``, which the tests check) keeps scipy's import out of the report.
-    """
+    """Exact two-sided McNemar p-value: are the discordant problems split 50/50? (1 when there are none)"""
     n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def agreement(rows: Correctness) -> list[dict]:
