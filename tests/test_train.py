@@ -132,3 +132,36 @@ def test_checkpoint_dir_and_fingerprint(tmp_path):
     assert fingerprint({"lr": 1}, str(data)) == before and fingerprint({"lr": 2}, str(data)) != before
     data.write_text("changed\n")
     assert fingerprint({"lr": 1}, str(data)) != before
+
+
+def test_grad_accum_gives_the_whole_batch_update_and_the_same_flops():
+    """grad_accum=2 runs two micro-batches of B/2 per step: for a mean-over-examples loss the update is
+    the one batch of B gives (to float rounding), and the step's FLOPs are the sum of its halves."""
+    init = {}
+
+    def run(grad_accum: int):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        init.update(state(model))
+        x, y = torch.randn(40, 6), torch.randn(40, 1)
+        sizes = []
+
+        def loss_step(idx):
+            sizes.append(len(idx))
+            return {"loss": torch.nn.functional.mse_loss(model(x[idx]), y[idx]), "flops": torch.tensor(100.0 * len(idx))}
+
+        cfg = OptimConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, log_every=1, checkpoint_every=0,
+                          grad_accum=grad_accum)
+        return model, fit(model, loss_step, 40, cfg, seed=3), sizes
+
+    whole, rows1, sizes1 = run(1)
+    accum, rows2, sizes2 = run(2)
+    assert set(sizes1) == {8} and set(sizes2) == {4} and len(sizes2) == 2 * len(sizes1)
+    for (name, a), b in zip(whole.named_parameters(), accum.parameters()):
+        assert (a - init[name]).abs().max() > 1e-3, name            # six steps moved every weight
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    assert [r["flops"] for r in rows2] == [r["flops"] for r in rows1] == [800.0] * 6
+    assert [r["loss"] for r in rows2] == pytest.approx([r["loss"] for r in rows1], rel=1e-5)
+    with pytest.raises(ValueError, match="not divisible by 1 process"):
+        fit(whole, lambda idx: {"loss": whole(torch.zeros(len(idx), 6)).sum()}, 40,
+            OptimConfig(steps=1, batch_size=6, grad_accum=4), seed=0)

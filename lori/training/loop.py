@@ -65,6 +65,10 @@ class OptimConfig:
     # runtime (config section `runtime:`): speed and memory, not the maths
     compile: bool = False                # torch.compile the HF model(s) (in place; GPU: faster steps after a slow first one)
     parallel: str = "ddp"                # ddp (replica per rank) | fsdp (weights/grads/Adam state sharded; >= ~1B params)
+    grad_accum: int = 1                  # micro-batches per optimizer step: batch_size stays the step's batch, memory drops
+    tensorboard: bool = False            # also write TensorBoard events (lori.training.tensorboard_log; the stage picks the dir)
+    # PEFT LoRA (config section `lora:`): {rank, alpha, dropout, target_modules}; None = full fine-tuning
+    lora: dict | None = None
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -76,6 +80,18 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def micro_batches(idx: list[int], grad_accum: int) -> list[list[int]]:
+    """``idx`` cut into ``grad_accum`` equal consecutive micro-batches (the caller checks divisibility)."""
+    size = len(idx) // grad_accum
+    return [idx[i * size:(i + 1) * size] for i in range(grad_accum)]
+
+
+def combine_terms(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One optimizer step's logged terms from its micro-batches' terms: ``flops`` is a cost and adds
+    up; every other term (a mean-reduced loss) is the mean over the equal-sized micro-batches."""
+    return {k: sum(float(p[k].detach()) for p in parts) / (1 if k == "flops" else len(parts)) for k in parts[0]}
 
 
 def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -258,7 +274,7 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
         desc: str = "train", ckpt: str | Path | None = None, run_id: str = "",
         dist_info: DistInfo | None = None, on_step: Callable[[int], bool] | None = None,
-        evaluator: Callable[[], dict] | None = None) -> list[dict]:
+        evaluator: Callable[[], dict] | None = None, tb_dir: str | Path | None = None) -> list[dict]:
     """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
 
     ``on_step(step)`` runs before each step's loss (curricula: Coconut's stages, iCoT-SI's token
@@ -285,10 +301,20 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     An evaluation step always logs a row; with ``eval_every`` a multiple of ``log_every`` the rows
     are those of a run without validation plus these keys. Rank 0 evaluates (DDP); under FSDP
     validation is skipped with a warning.
+
+    ``cfg.grad_accum = m`` cuts each step's batch (each rank's slice) into m equal micro-batches,
+    runs ``loss_step`` and backward on each with the loss scaled by 1/m, and steps once: the batch,
+    the data stream and, for a loss that is a mean over examples, the update are those of
+    ``grad_accum = 1`` (equal within float rounding), with a 1/m of the activation memory. The
+    logged ``flops`` of a step is the sum over its micro-batches, every other term the mean.
+
+    With ``tb_dir`` (and ``cfg.tensorboard``) rank 0 also writes every logged row as TensorBoard
+    scalars there (:mod:`lori.training.tensorboard_log`).
     """
     info = dist_info or DistInfo()
-    if info.enabled and cfg.batch_size % info.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+    if cfg.grad_accum < 1 or cfg.batch_size % (info.world_size * cfg.grad_accum):
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {info.world_size} process(es) x "
+                         f"grad_accum {cfg.grad_accum}")
     prepare_module(module, cfg, info)
     sharded = is_fsdp(module)
     if sharded and ckpt is not None and cfg.checkpoint_every > 0:
@@ -315,29 +341,38 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     stream = batches(n_examples, cfg.batch_size, seed)
     for _ in range(start):       # the data position: replay the seeded stream to the saved step
         next(stream)
+    board = None
+    if cfg.tensorboard and tb_dir is not None and info.is_main:
+        from lori.training.tensorboard_log import BoardWriter   # optional dependency: only when asked for
+
+        board = BoardWriter(tb_dir, start, cfg.batch_size)
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=desc, mininterval=5, disable=None, initial=start, total=cfg.steps)
     for step in bar:
         idx = next(stream)
         if on_step is not None and on_step(step):
             opt.state.clear()        # fresh AdamW moments and bias correction; the lr schedule goes on
-        with autocast_context(device):
-            terms = loss_step(rank_slice(idx, info))
-        loss = terms["loss"]
-        if not all_finite(loss, info):
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            raise NonFiniteLoss(f"non-finite loss at step {step}: {values}; batch example indices {idx[:16]}"
-                                f"{' ...' if len(idx) > 16 else ''}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = []
+        for micro in micro_batches(rank_slice(idx, info), cfg.grad_accum):
+            with autocast_context(device):
+                terms = loss_step(micro)
+            loss = terms["loss"]
+            if not all_finite(loss, info):
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                raise NonFiniteLoss(f"non-finite loss at step {step}: {values}; batch example indices {micro[:16]}"
+                                    f"{' ...' if len(micro) > 16 else ''}")
+            # 1/m: the accumulated gradient is that of the mean over the whole batch
+            (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+            parts.append(terms)
         if not sharded:                      # FSDP reduce-scatters (averages) gradients in backward
             average_gradients(params, info)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        for k, v in terms.items():
-            window.setdefault(k, []).append(float(v.detach()))
+        for k, v in combine_terms(parts).items():
+            window.setdefault(k, []).append(v)
         if "flops" in window:
             flops_total += window["flops"][-1]
         evaluating = eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps)
@@ -354,6 +389,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
                 barrier(info)                    # the other ranks wait for rank 0's validation
                 eval_s += time.perf_counter() - t_eval
             rows.append(row)
+            if board is not None:
+                board.row(row)
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("step %d %s", step + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
@@ -363,6 +400,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
                 totals = {"train_s": train_s0 + time.perf_counter() - t0 - eval_s, "flops_total": flops_total}
                 _save_checkpoint(ckpt, module, opt, sched, step + 1, rows, window, run_id, totals)
             barrier(info)
+    if board is not None:
+        board.close()
     _check_finite_params(module, cfg.steps)
     if metrics_path is not None and info.is_main:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
