@@ -30,7 +30,8 @@ from lori.sweep import check_sweep, parse_lowrank_tag, student_config, student_r
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 #: config.runtime keys each training stage takes (its config dataclass has these fields; a test checks)
-RUNTIME_KNOBS = {"teacher_sft": ("compile", "gradient_checkpointing", "parallel"), "distill": ("compile", "parallel")}
+RUNTIME_KNOBS = {"teacher_sft": ("compile", "gradient_checkpointing", "parallel", "grad_accum", "tensorboard"),
+                 "distill": ("compile", "parallel", "grad_accum", "tensorboard")}
 
 
 class ConfigError(ValueError):
@@ -149,6 +150,13 @@ def training_runtime(config: dict, stage: str) -> dict:
             if k in RUNTIME_KNOBS.get(stage, ()) and v != defaults[k]["default"]}
 
 
+def lora_args(config: dict, stage: str) -> dict:
+    """``{"lora": {rank, alpha, dropout, target_modules}}`` when ``lora.<stage>`` is on, else {} (no
+    flag: a run without LoRA keeps the commands, and so the cached outputs, it always had)."""
+    lora = config["lora"]
+    return {"lora": {k: lora[k] for k in ("rank", "alpha", "dropout", "target_modules")}} if lora[stage] else {}
+
+
 def with_validation(config: dict, values: dict) -> dict:
     """A training stage's knobs with validation during training: ``eval_every`` plus the evaluate
     stage's decoding knobs when the run has ``data.validation`` and ``eval_every > 0``; otherwise
@@ -182,9 +190,11 @@ def stage_args(config: dict, stage: str, *, split: str | None = None, student: s
     if stage == "convert_model":
         return {"src": config["model"]["name_or_path"], "gguf_file": config["model"]["gguf_file"]}
     if stage == "teacher_sft":
-        return with_validation(config, {**config["model"], **config["teacher_sft"], **training_runtime(config, stage)})
+        return with_validation(config, {**config["model"], **config["teacher_sft"], **training_runtime(config, stage),
+                                        **lora_args(config, stage)})
     if stage == "distill":
-        return with_validation(config, {**student_config(config, student or "lori"), **training_runtime(config, stage)})
+        return with_validation(config, {**student_config(config, student or "lori"), **training_runtime(config, stage),
+                                        **lora_args(config, stage)})
     if stage == "dump_hidden":
         # shards: 1 adds no flag, so an unsharded dump's command is the one it always was (cached)
         return {k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1}
@@ -288,7 +298,8 @@ def config_section(config: dict, stage: str, ns: argparse.Namespace) -> dict:
         # a method this run does not train: distill.common + that method's block, run seed
         method = student or "lori"
         values = with_validation(config, {**config["distill"]["common"], **config["distill"].get(method, {}),
-                                          "method": method, **training_runtime(config, stage)})
+                                          "method": method, **training_runtime(config, stage),
+                                          **lora_args(config, stage)})
         student = None
     else:
         student = student if stage == "distill" else None

@@ -12,7 +12,10 @@ alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
 checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`). With ``--val`` and
 ``--eval-every N`` the student is evaluated on the validation records every N steps, decoded as
 ``evaluate`` decodes it, and its metrics rows get ``val_accuracy``, ``train_s``, ``flops_total``
-(:mod:`lori.training.validation`).
+(:mod:`lori.training.validation`). With a ``--lora`` block only PEFT LoRA adapters in the
+student's transformer train (its latent projection fully) and ``students/<method>/`` holds the merged
+weights (:mod:`lori.training.lora`); with ``--tensorboard`` the loss terms, learning rate, throughput
+and validation accuracy also go to ``results/<run>/tb/<method>/``.
 
 Standalone::
 
@@ -28,6 +31,7 @@ import json
 import logging
 import typing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 from transformers import AutoModelForCausalLM
@@ -42,6 +46,7 @@ from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint, num_params, setup_runtime
 from lori.sweep import matched_steps
 from lori.training.distributed import cleanup, init_distributed, unsharded
+from lori.training.lora import add_lora, merge_lora
 from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
 from lori.training.recipes.lori import TeacherTargets
@@ -114,6 +119,11 @@ def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factor
     return TeacherTargets(targets, cfg.covariance).to(device), factors.to(device)
 
 
+def tensorboard_dir(out: str) -> Path:
+    """``results/<run>/tb/<student>`` for ``out`` = ``results/<run>/students/<student>`` (``runtime.tensorboard``)."""
+    return Path(out).parent.parent / "tb" / Path(out).name
+
+
 def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
         factors_path: str | None = None, metrics: str | None = None,
         match: tuple[str, str, str] | None = None, val: str | None = None) -> list[dict]:
@@ -134,6 +144,8 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     # lori / no_cot students see no CoT text; the recipes train on it (teacher pass, curricula)
     check_training_records(records, records_path, need_cot=cfg.method not in ("lori", "no_cot"))
     student, tokenizer = build_student(cfg, teacher)
+    # LoRA on the student's HF model only: the latent projection (outside it) stays fully trained
+    adapters = add_lora(student.model, cfg.lora)
     student.to(device).train()
     targets = factors = None
     if cfg.needs_targets:
@@ -147,7 +159,10 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path, *([val] if val else []))
     rows = fit(student, recipe.loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
-               ckpt=ckpt, run_id=run_id, dist_info=info, on_step=recipe.on_step, evaluator=evaluator)
+               ckpt=ckpt, run_id=run_id, dist_info=info, on_step=recipe.on_step, evaluator=evaluator,
+               tb_dir=tensorboard_dir(out))
+    if adapters is not None:
+        student.model = merge_lora(adapters)     # saved merged: evaluate and `lori thoughts` load it as is
     student.eval()
     final = unsharded(student, info, lambda: plain_student_like(student))   # FSDP: gathered on rank 0
     if info.is_main:

@@ -7,7 +7,10 @@ layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built
 While training, a resumable checkpoint ``<out>.ckpt/`` is written every
 ``--checkpoint-every`` steps; a killed run resumes from it (:mod:`lori.training.loop`). With
 ``--val`` and ``--eval-every N`` the teacher's CoT accuracy on the validation records is logged
-every N steps (:mod:`lori.training.validation`).
+every N steps (:mod:`lori.training.validation`). With a ``--lora`` block only PEFT LoRA adapters
+train and the saved checkpoint holds the merged weights (:mod:`lori.training.lora`); with
+``--tensorboard`` the loss, learning rate, throughput and validation accuracy also go to
+``results/<run>/tb/teacher/`` (the ``tb/`` folder beside ``--out``).
 
 Standalone::
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -40,6 +44,7 @@ from lori.model.loading import (
 from lori.model.precision import to_device
 from lori.model.sequences import teacher_batch, teacher_sequence
 from lori.training.distributed import cleanup, init_distributed, unsharded
+from lori.training.lora import add_lora, merge_lora
 from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
 from lori.training.validation import validation_evaluator
 
@@ -84,6 +89,11 @@ def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
     return model, tokenizer
 
 
+def tensorboard_dir(out: str) -> Path:
+    """``results/<run>/tb/teacher`` for ``out`` = ``results/<run>/teacher`` (``runtime.tensorboard``)."""
+    return Path(out).parent / "tb" / "teacher"
+
+
 def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None, val: str | None = None) -> list[dict]:
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
@@ -94,6 +104,7 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None,
     model.to(device).train()
     if cfg.gradient_checkpointing:   # one forward per step, no KV cache: safe here (not for the latent students)
         enable_checkpointing(model)
+    adapters = add_lora(model, cfg.lora)         # LoRA: only the adapters train; merged before saving
     log.info("teacher: %.2fM parameters, vocab %d, %d training problems, device %s",
              num_params(model) / 1e6, len(tokenizer), len(records), device)
     seqs = [teacher_sequence(tokenizer, r) for r in records]
@@ -112,7 +123,10 @@ def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None,
     evaluator = validation_evaluator(model, tokenizer, val, cfg, device)   # the teacher answers with its CoT
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     rows = fit(model, loss_step, len(seqs), cfg, cfg.seed, metrics, desc="teacher_sft", ckpt=ckpt,
-               run_id=fingerprint(asdict(cfg), train, *([val] if val else [])), dist_info=info, evaluator=evaluator)
+               run_id=fingerprint(asdict(cfg), train, *([val] if val else [])), dist_info=info, evaluator=evaluator,
+               tb_dir=tensorboard_dir(out))
+    if adapters is not None:
+        model = merge_lora(adapters)             # the checkpoint is a plain model: every later stage loads it as is
     model.eval()
     final = unsharded(model, info, lambda: AutoModelForCausalLM.from_config(model.config))   # FSDP: gathered on rank 0
     if info.is_main:
