@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import zarr
+import xarray as xr          # pip install -e ".[xarray]": every store is an xarray dataset with named dims
 
 from lori.analysis.figures import (
     has_validation,
@@ -61,11 +61,11 @@ def main() -> None:
     # 3. the low-rank structure: the factors store, raw, then the report's figures
     factors_path = run / "lowrank" / "factors.zarr"
     if factors_path.exists():
-        f = zarr.open_group(str(factors_path), mode="r")
-        spec = f["spectrum_hidden"][:]
-        energy = np.cumsum(spec) / spec.sum()
+        f = xr.open_zarr(factors_path)
+        spec = f["spectrum_hidden"]                            # dims ('hidden',), attrs description / units
+        energy = (spec.cumsum("hidden") / spec.sum()).values
         r = f.attrs["rank_hidden"]
-        print(f"hidden mode: rank {r} of {len(spec)} keeps {100 * energy[r - 1]:.1f}% of the energy; "
+        print(f"hidden mode: rank {r} of {spec.sizes['hidden']} keeps {100 * energy[r - 1]:.1f}% of the energy; "
               f"joint core {f.attrs['rank_layer']}x{r}: {100 * f.attrs['energy_joint']:.1f}%")
         summary = load_factor_summary(str(factors_path))
         plot_spectrum(summary, out / "spectrum.png")
@@ -75,11 +75,12 @@ def main() -> None:
     # 4. one teacher trajectory from the hidden-state dump
     hidden_path = run / "hidden" / "calib.zarr"
     if hidden_path.exists():
-        h = zarr.open_group(str(hidden_path), mode="r")
-        off = h["offsets"][:]
-        first = h["states"][off[0]:off[1]]                    # [cot tokens, layers, hidden]
-        print(f"example {h['example_id'][0]}: trajectory {first.shape} (tokens, layers, hidden), "
-              f"norm per layer {np.linalg.norm(first.astype(np.float32), axis=(0, 2)).round(1)}")
+        h = xr.open_zarr(hidden_path)
+        off = h["offsets"].values
+        first = h["states"].isel(token=slice(off[0], off[1])).astype(np.float32)   # one example's CoT tokens
+        norms = np.sqrt((first ** 2).sum(["token", "hidden"]))                    # per layer, labelled by model index
+        print(f"example {h['example_id'].values[0]}: trajectory {dict(first.sizes)}, "
+              f"norm per layer {norms.round(1).to_series().to_dict()}")
 
     # 5. latent thoughts of one example (the same as `lori thoughts`)
     if args.example:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from lori.artifacts.store import zarr_create, zarr_put
+from lori.artifacts import hidden
+from lori.artifacts.store import finish_store, zarr_create, zarr_put
 from tests.tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def write_hidden(path, H: np.ndarray, offsets, chunk: int = 32) -> str:
     zarr_put(g, "example_id", np.array([f"ex{i}" for i in range(len(offsets) - 1)]), ["example"])
     zarr_put(g, "anchors", np.zeros((len(offsets) - 1, 1, *H.shape[1:]), np.float16), ["example", "anchor", "layer", "hidden"])
     g.attrs.update({"stage": "dump_hidden", "layers": list(range(1, H.shape[1] + 1)), "model": "synthetic"})
+    finish_store(g, hidden.ARRAYS, hidden.coordinates(g.attrs["layers"]))
     return str(path)
 
 

@@ -22,32 +22,36 @@ from typing import Any, Mapping
 import numpy as np
 
 import lori
-from lori.artifacts.store import ArraySpec, ArtifactError, atomic_path, open_store, read_array, zarr_put
+from lori.artifacts.store import ArraySpec, ArtifactError, atomic_path, finish_store, open_store, read_array, zarr_put
 from lori.lowrank.maths import Factors
 
 STAGE = "factorize"
+SQUARED = "squared activation, after centring and per-layer scaling"
 FACTOR_ARRAYS: dict[str, ArraySpec] = {
-    "U_layer": ArraySpec(("layer", "rank_layer"), "float64"),
-    "U_hidden": ArraySpec(("hidden", "rank_hidden"), "float64"),
-    "spectrum_layer": ArraySpec(("layer",), "float64"),
-    "spectrum_hidden": ArraySpec(("hidden",), "float64"),
-    "mean": ArraySpec(("layer", "hidden"), "float64"),
-    "scale": ArraySpec(("layer",), "float64"),
+    "U_layer": ArraySpec(("layer", "rank_layer"), "float64", "orthonormal layer-mode factor", "1"),
+    "U_hidden": ArraySpec(("hidden", "rank_hidden"), "float64", "orthonormal hidden-mode factor", "1"),
+    "spectrum_layer": ArraySpec(("layer",), "float64", "layer-mode Gram eigenvalues, descending", SQUARED),
+    "spectrum_hidden": ArraySpec(("hidden",), "float64", "hidden-mode Gram eigenvalues, descending", SQUARED),
+    "mean": ArraySpec(("layer", "hidden"), "float64", "centring mean subtracted before projecting (zeros if not "
+                      "centred)", "model activation (residual stream)"),
+    "scale": ArraySpec(("layer",), "float64", "per-layer scale divided by before projecting (ones without "
+                       "scaling)", "model activation (residual stream)"),
 }
 DIAGNOSTICS: dict[str, ArraySpec] = {
-    "effective_rank": ArraySpec(("example",), "float64"),
-    "cot_length": ArraySpec(("example",), "int64"),
-    "energy_captured": ArraySpec(("example",), "float64"),
-    "example_id": ArraySpec(("example",), "string"),      # only when the hidden store has ids
+    "effective_rank": ArraySpec(("example",), "float64", "exp(entropy) of the normalised singular values of the "
+                                "example's tokens x (layer*hidden) matrix", "1"),
+    "cot_length": ArraySpec(("example",), "int64", "CoT tokens of the example", "token"),
+    "energy_captured": ArraySpec(("example",), "float64", "fraction of the example's (normalised) energy kept by "
+                                 "U_layer x U_hidden", "1"),
+    "example_id": ArraySpec(("example",), "string", "record id (only when the hidden store has ids)"),
 }
-ARRAYS: dict[str, ArraySpec] = {**FACTOR_ARRAYS, **DIAGNOSTICS}
-REQUIRED = tuple(FACTOR_ARRAYS)                  # a complete store (diagnostics aside)
+COORDS = ("layer",)
+ARRAYS: dict[str, ArraySpec] = {
+    **FACTOR_ARRAYS, **DIAGNOSTICS,
+    "layer": ArraySpec(("layer",), "int64", "model hidden-state index of each factorized layer (0 = embeddings)"),
+}
+REQUIRED = tuple(FACTOR_ARRAYS)                  # a complete store (diagnostics and coordinates aside)
 PROJECTION = ("U_layer", "U_hidden", "mean", "scale")   # what projecting into the core needs
-DESCRIPTIONS = {   # stored as each diagnostic array's `description` attr
-    "effective_rank": "exp(entropy) of the normalised singular values of the example's tokens x (layer*hidden) matrix",
-    "cot_length": "CoT tokens of the example",
-    "energy_captured": "fraction of the example's (normalised) energy kept by U_layer x U_hidden",
-}
 # group attrs in stored order; write_factors sets the first two, the stage gives the rest
 ATTRS = ("stage", "lori_version", "config_hash", "rank_layer", "rank_hidden", "energy_threshold", "energy_layer",
          "energy_hidden", "energy_joint", "centered", "layer_scaling", "method", "reconstruction_errors",
@@ -64,7 +68,7 @@ def write_factors(out: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapp
     """
     import zarr
 
-    want_arrays, want_attrs = set(ARRAYS) - {"example_id"}, set(ATTRS[2:])
+    want_arrays, want_attrs = set(ARRAYS) - {"example_id", *COORDS}, set(ATTRS[2:])
     if not want_arrays <= set(arrays) <= set(ARRAYS) or set(attrs) != want_attrs:
         raise ValueError(f"write_factors: arrays {sorted(arrays)} / attrs {sorted(attrs)} do not match the contract "
                          f"(arrays {sorted(ARRAYS)}, attrs {sorted(want_attrs)})")
@@ -74,9 +78,11 @@ def write_factors(out: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapp
             if name not in arrays:
                 continue
             data = np.asarray(arrays[name]).astype(object if spec.dtype == "string" else spec.dtype, copy=False)
-            extra = {"description": DESCRIPTIONS[name]} if name in DESCRIPTIONS else {}
-            zarr_put(g, name, data, spec.dims, **extra)
+            zarr_put(g, name, data, spec.dims)
         g.attrs.update({"stage": STAGE, "lori_version": lori.__version__, **{k: attrs[k] for k in ATTRS[2:]}})
+        layers = list(attrs["layers"] or [])
+        finish_store(g, ARRAYS, {"layer": np.asarray(layers, dtype=np.int64)}
+                     if len(layers) == np.shape(arrays["U_layer"])[0] else {})
 
 
 def read_factors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -7,7 +7,9 @@ This module is the store's single contract; docs/artifacts.md describes the same
 - ``states``  float16 ``[token, layer, hidden]``: CoT-token states, examples concatenated
 - ``offsets`` int64 ``[example_plus_one]``: example i owns ``states[offsets[i]:offsets[i+1]]``
 - ``anchors`` float16 ``[example, anchor, layer, hidden]``: states at :data:`ANCHOR_POSITIONS`
-- ``example_id`` string ``[example]``: joins back to the records
+- ``example_id`` string ``[example]``: joins back to the records (the ``example`` coordinate)
+- coordinates ``layer`` (model layer indices) and ``anchor`` (position names); every array has
+  ``description`` and ``units`` attrs and the metadata is consolidated (``xarray.open_zarr``)
 - group attrs :data:`ATTRS`; a shard store of a sharded dump adds :data:`SHARD_ATTRS`.
 
 The ragged index (``offsets``, ``example_id``), the full-space ``anchors`` and the index attrs
@@ -28,6 +30,7 @@ from lori.artifacts.store import (
     ArtifactError,
     atomic_path,
     check_disk_space,
+    finish_store,
     index_summary,
     open_store,
     read_array,
@@ -36,13 +39,21 @@ from lori.artifacts.store import (
 )
 
 STAGE = "dump_hidden"
+ACTIVATION = "model activation (residual stream), unnormalised"
 ARRAYS: dict[str, ArraySpec] = {
-    "states": ArraySpec(("token", "layer", "hidden"), "float16"),
-    "offsets": ArraySpec(("example_plus_one",), "int64"),
-    "anchors": ArraySpec(("example", "anchor", "layer", "hidden"), "float16"),
-    "example_id": ArraySpec(("example",), "string"),
+    "states": ArraySpec(("token", "layer", "hidden"), "float16",
+                        "teacher hidden states at every CoT token, examples concatenated (see offsets)", ACTIVATION),
+    "offsets": ArraySpec(("example_plus_one",), "int64",
+                         "ragged index: example i owns token rows offsets[i]..offsets[i+1]", "token"),
+    "anchors": ArraySpec(("example", "anchor", "layer", "hidden"), "float16",
+                         "teacher hidden states at the anchor positions", ACTIVATION),
+    "example_id": ArraySpec(("example",), "string", "record id: joins back to data/<split>.jsonl"),
+    # coordinates (xarray): written last by lori.artifacts.store.finish_store
+    "layer": ArraySpec(("layer",), "int64", "model hidden-state index of each kept layer (0 = embeddings)"),
+    "anchor": ArraySpec(("anchor",), "string", "anchor position name"),
 }
-REQUIRED = tuple(ARRAYS)                 # a complete dump holds them all
+COORDS = ("layer", "anchor")             # not required: stores written before lori 0.1 coordinates lack them
+REQUIRED = tuple(n for n in ARRAYS if n not in COORDS)   # a complete dump holds them all
 READ = ("states", "offsets")             # what factorize needs (a synthetic store may hold only these)
 ANCHOR_POSITIONS = ["answer_start"]      # the anchor axis: the position that predicts the first answer token
 # provenance given by the stage, then the index attrs every trajectory store gets (INDEX_ATTRS)
@@ -118,6 +129,12 @@ def create(out: str | Path, offsets: np.ndarray, example_ids: Sequence[str], lay
     with atomic_path(out) as tmp:
         group = create_index(tmp, attrs, offsets, example_ids, layers)
         yield HiddenWriter(group, offsets, n_layers, hidden)
+        finish_store(group, ARRAYS, coordinates(layers))
+
+
+def coordinates(layers: list[int]) -> dict[str, np.ndarray]:
+    """The coordinate arrays of a trajectory store: its layers' model indices and the anchor names."""
+    return {"layer": np.asarray(layers, dtype=np.int64), "anchor": np.array(ANCHOR_POSITIONS, dtype=str)}
 
 
 # ---------------------------------------------------------------- shard stores

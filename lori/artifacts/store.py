@@ -6,7 +6,9 @@ the real name and an existing output survives a failed rerun.
 
 In a Zarr store every array carries its dimension names (``_ARRAY_DIMENSIONS``, xarray
 style, and zarr 3 ``dimension_names``) and the group its provenance (creating stage,
-config hash, package version). Each store's own layout is one module of this package
+config hash, package version). :func:`finish_store` makes a complete store read well with
+``xarray.open_zarr``: coordinate arrays (``layer``: model layer indices), ``example_id`` as the
+coordinate of the ``example`` dim, ``description``/``units`` attrs, and consolidated metadata. Each store's own layout is one module of this package
 (:mod:`lori.artifacts.hidden`, :mod:`~lori.artifacts.factors`, :mod:`~lori.artifacts.targets`),
 described for users in docs/artifacts.md.
 """
@@ -18,7 +20,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+import warnings
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -30,9 +33,12 @@ class ArtifactError(RuntimeError):
 
 
 class ArraySpec(NamedTuple):
-    """One array of a store's contract: its dimension names and dtype (``string`` for text)."""
+    """One array of a store's contract: its dimension names and dtype (``string`` for text), and
+    the ``description`` and ``units`` attrs it is stored with (:func:`finish_store`)."""
     dims: tuple[str, ...]
     dtype: str
+    description: str = ""
+    units: str = ""
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -153,15 +159,42 @@ def zarr_put(group, name: str, data: np.ndarray, dims: Sequence[str], **attrs):
     return arr
 
 
+def finish_store(group, arrays: Mapping[str, ArraySpec], coords: Mapping[str, Any] | None = None) -> None:
+    """Make a complete store self-describing for xarray; call it last, when every array is written.
+
+    Writes the coordinate arrays ``coords`` (name -> values; their specs are in ``arrays``), sets
+    each array's ``description`` and ``units`` attrs from its spec, names ``example_id`` as the
+    coordinate (CF ``coordinates`` attr) of every array along ``example``, and consolidates the
+    metadata into the root ``zarr.json`` so ``xarray.open_zarr`` opens it without a warning."""
+    import zarr
+
+    for name, values in (coords or {}).items():
+        zarr_put(group, name, np.asarray(values), arrays[name].dims)
+    with_ids = "example_id" in group
+    for name, spec in arrays.items():
+        if name not in group:
+            continue
+        attrs = {key: value for key, value in (("description", spec.description), ("units", spec.units)) if value}
+        if with_ids and "example" in spec.dims and name != "example_id":
+            attrs["coordinates"] = "example_id"
+        group[name].attrs.update(attrs)
+    with warnings.catch_warnings():
+        # zarr 3 notes that consolidation is not (yet) in the v3 spec; zarr and xarray both read it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(group.store, path=group.path)
+
+
 def open_store(path: str | Path, required: Sequence[str] = (), kind: str = "artifact"):
-    """Open a Zarr group read-only, checking it exists and holds ``required`` arrays."""
+    """Open a Zarr group read-only, checking it exists and holds ``required`` arrays.
+
+    The arrays' own metadata is read, not the consolidated copy: the checks are about what is on disk."""
     import zarr
 
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: {kind} store is missing (run the stage that writes it first)")
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     except Exception as e:  # zarr raises several types for corrupt metadata
         raise ArtifactError(f"{path}: not a readable Zarr group ({type(e).__name__}: {e})") from None
     for name in required:

@@ -31,6 +31,7 @@ from lori.artifacts.store import (
     ArtifactError,
     atomic_path,
     check_disk_space,
+    finish_store,
     open_store,
     read_array,
     zarr_create,
@@ -38,14 +39,21 @@ from lori.artifacts.store import (
 from lori.lowrank.maths import Factors
 
 STAGE = "targets"
+CORE = "activation after the factors' centring and per-layer scaling, in the factor basis"
 ARRAYS: dict[str, ArraySpec] = {
-    "core": ArraySpec(("token", "rank_layer", "rank_hidden"), "float32"),
-    "offsets": hidden.ARRAYS["offsets"],
-    "anchors_core": ArraySpec(("example", "anchor", "rank_layer", "rank_hidden"), "float32"),
+    "core": ArraySpec(("token", "rank_layer", "rank_hidden"), "float32",
+                      "core trajectory Z = H x2 U_layer^T x3 U_hidden^T of every CoT token (see offsets)", CORE),
+    "offsets": hidden.ARRAYS["offsets"]._replace(description="ragged index: example i owns core rows "
+                                                             "offsets[i]..offsets[i+1]"),
+    "anchors_core": ArraySpec(("example", "anchor", "rank_layer", "rank_hidden"), "float32",
+                              "anchor states projected into the core", CORE),
     "anchors": hidden.ARRAYS["anchors"],
     "example_id": hidden.ARRAYS["example_id"],
+    "layer": hidden.ARRAYS["layer"],      # coordinates, as in the hidden store
+    "anchor": hidden.ARRAYS["anchor"],
 }
-REQUIRED = tuple(ARRAYS)
+COORDS = hidden.COORDS
+REQUIRED = tuple(n for n in ARRAYS if n not in COORDS)
 # provenance given by the stage (the factors and their config hash: distill refuses targets of
 # other factors), then the index attrs of every trajectory store
 PROVENANCE_ATTRS = ("stage", "config_hash", "model", "factors", "factors_config_hash", "rank_layer", "rank_hidden",
@@ -96,6 +104,7 @@ def create(out: str | Path, offsets: np.ndarray, example_ids: Sequence[str], lay
     with atomic_path(out) as tmp:
         group = hidden.create_index(tmp, attrs, offsets, example_ids, layers)
         yield TargetsWriter(group, offsets, n_layers, hidden_size, ranks)
+        finish_store(group, ARRAYS, hidden.coordinates(layers))
 
 
 # ---------------------------------------------------------------- reading
