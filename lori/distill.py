@@ -49,7 +49,7 @@ from lori.training.distributed import cleanup, init_distributed, unsharded
 from lori.training.lora import add_lora, merge_lora
 from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
 from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
-from lori.training.recipes.lori import TeacherTargets
+from lori.training.recipes.lori import TeacherTargets, record_step_lengths
 from lori.training.recipes.registry import RECIPES, RecipeContext
 from lori.training.validation import validation_evaluator
 
@@ -108,7 +108,7 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
 
 
 def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factors_path: str | None, records,
-                            student: LatentStudent, teacher: str, device) -> tuple[TeacherTargets, Factors]:
+                            student: LatentStudent, tokenizer, teacher: str, device) -> tuple[TeacherTargets, Factors]:
     """(targets, factors) on ``device`` for a student that reads them, checked against each other."""
     if not (targets_path and factors_path):
         raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
@@ -116,7 +116,10 @@ def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factor
     check_factors_fit(factors, factors_path, student.model.config, teacher)
     targets = read_targets(targets_path, [r.id for r in records])
     check_targets_match_factors(targets, targets_path, factors, factors_attrs, factors_path)
-    return TeacherTargets(targets, cfg.covariance).to(device), factors.to(device)
+    args = cfg.args
+    step_lengths = record_step_lengths(tokenizer, records) if args.step_anchor > 0 else None
+    return (TeacherTargets(targets, args.covariance, step_lengths, args.latent_steps, args.step_summary).to(device),
+            factors.to(device))
 
 
 def tensorboard_dir(out: str) -> Path:
@@ -149,7 +152,8 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     student.to(device).train()
     targets = factors = None
     if cfg.needs_targets:
-        targets, factors = load_teacher_statistics(cfg, targets_path, factors_path, records, student, teacher, device)
+        targets, factors = load_teacher_statistics(cfg, targets_path, factors_path, records, student, tokenizer, teacher,
+                                                   device)
     log.info("student '%s': %.2fM parameters, K=%d, %s, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.args.latent_steps, cfg.args, len(records), device)
     recipe = RECIPES[cfg.method](cfg.args, RecipeContext(student, tokenizer, records, device, cfg.seed, cfg.steps,

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
+from lori.training.losses import (
+    anchor_loss,
+    moments,
+    reason_loss,
+    step_anchor_loss,
+    step_slots,
+    step_summaries,
+    trajectory_moments,
+)
 
 RL, RD = 2, 3
 
@@ -150,3 +158,36 @@ def test_anchor_loss_values():
     assert a == pytest.approx(exp, rel=1e-6)
     with pytest.raises(ValueError, match="unknown anchor loss"):
         anchor_loss(s, t, "l2")
+
+
+def test_step_slots_spread_steps_over_thoughts_in_order():
+    assert step_slots(3, 6) == [1, 3, 5]
+    assert step_slots(2, 6) == [2, 5]
+    assert step_slots(4, 6) == [1, 2, 4, 5]
+    assert step_slots(1, 6) == [5]
+    slots = step_slots(8, 6)                      # more steps than thoughts: shared, still ordered
+    assert slots == sorted(slots) and slots[-1] == 5 and len(slots) == 8
+
+
+def test_step_summaries_mean_and_last():
+    core = rand(7, RL, RD).numpy()
+    mean = step_summaries(core, [3, 4], "mean")
+    np.testing.assert_allclose(mean, np.stack([core[:3].mean(0), core[3:].mean(0)]), rtol=1e-12)
+    last = step_summaries(core, [3, 4], "last")
+    np.testing.assert_allclose(last, core[[2, 6]])
+    with pytest.raises(ValueError, match="do not cover"):
+        step_summaries(core, [3, 3])
+
+
+def test_step_anchor_loss_zero_at_the_matched_thoughts_and_ignores_padding():
+    thoughts = rand(2, 6, RL, RD, seed=1)
+    slots = torch.tensor([[1, 3, 5], [2, 5, -1]])
+    steps = torch.stack([thoughts[0, [1, 3, 5]], torch.cat([thoughts[1, [2, 5]], rand(1, RL, RD, seed=2)])])
+    assert step_anchor_loss(thoughts, steps, slots).item() == pytest.approx(0.0, abs=1e-12)
+    # moving an unmatched thought changes nothing; moving a matched one does, by the normalised error
+    moved = thoughts.clone()
+    moved[0, 0] += 5.0
+    assert step_anchor_loss(moved, steps, slots).item() == pytest.approx(0.0, abs=1e-12)
+    moved[0, 3] += 1.0
+    valid = steps[0].pow(2).sum() + steps[1, :2].pow(2).sum()
+    assert step_anchor_loss(moved, steps, slots).item() == pytest.approx((RL * RD / valid).item(), rel=1e-9)

@@ -330,3 +330,48 @@ def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeyp
     distill.main([*args, "--out", str(tmp_path / "resumed")])
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- LoRi step anchors
+def test_step_targets_summarise_each_cot_step_and_place_it_on_its_thought():
+    """TeacherTargets(step_lengths=...) cuts each trajectory into its CoT steps (mean of each step's
+    core states), pads to the longest, and matches step j of n to thought ceil((j+1) K / n) - 1."""
+    import numpy as np
+
+    from lori.artifacts.targets import Targets
+    from lori.training.recipes.lori import TeacherTargets
+
+    rng = np.random.default_rng(0)
+    lengths = [[3, 2], [2, 2, 4], []]                       # the third example has no CoT
+    offsets = np.concatenate([[0], np.cumsum([sum(x) for x in lengths])])
+    core = rng.standard_normal((offsets[-1], 2, 3)).astype(np.float32)
+    store = Targets(core, offsets, np.zeros((3, 1, 2, 3), np.float32), np.zeros((3, 1, 4, 8), np.float16),
+                    ["a", "b", "c"], {})
+    t = TeacherTargets(store, "full", lengths, latent_steps=6)
+    assert t.step_slot.tolist() == [[2, 5, -1], [1, 3, 5], [-1, -1, -1]]
+    np.testing.assert_allclose(t.step_core[0, 0].numpy(), core[0:3].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(t.step_core[1, 2].numpy(), core[9:13].mean(0), rtol=1e-6)
+    # a subword tokenizer's per-step counts may not add up to the trajectory: rescaled, not refused
+    t = TeacherTargets(store, "full", [[2, 2], [4, 4, 8], []], latent_steps=6, step_summary="last")
+    np.testing.assert_allclose(t.step_core[1].numpy(), core[[6, 8, 12]], rtol=1e-6)
+
+
+def test_lori_with_step_anchors_trains_and_logs_the_term(tiny):
+    """A LoRi student with step_anchor > 0 reads the targets, logs L_step and learns (loss falls)."""
+    from lori import dump_hidden, factorize, targets
+    from tests.tiny import RUNTIME as RT
+
+    root = tiny["dir"] / "step_anchor"
+    hidden, factors, tgt = root / "calib.zarr", root / "factors.zarr", root / "targets.zarr"
+    dump_hidden.main(["--teacher", tiny["teacher"], "--records", tiny["train"], "--out", str(hidden),
+                      "--calibration-size", "16", "--batch-size", "8", *RT])
+    factorize.main(["--hidden", str(hidden), "--out", str(factors), "--rank-layer", "2", "--rank-hidden", "4"])
+    targets.main(["--teacher", tiny["teacher"], "--records", tiny["train"], "--factors", str(factors),
+                  "--out", str(tgt), "--batch-size", "16", *RT])
+    cfg = DistillConfig(method="lori", steps=12, batch_size=8, log_every=1, latent_steps=3, alpha=0, gamma=0,
+                        step_anchor=1.0, lr=3e-3, seed=0, threads=1, device="cpu", checkpoint_every=0)
+    rows = distill.run(cfg, tiny["teacher"], tiny["train"], str(root / "student"), str(tgt), str(factors),
+                       str(root / "metrics.jsonl"))
+    steps = [r["step_anchor"] for r in rows]
+    assert all(math.isfinite(s) and s > 0 for s in steps)
+    assert sum(steps[-3:]) < sum(steps[:3])

@@ -93,3 +93,37 @@ def normalized_smooth_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.
     per_layer = [F.smooth_l1_loss(student[:, l], teacher[:, l]) / teacher[:, l].std().clamp_min(EPS)
                  for l in range(teacher.shape[1])]
     return torch.stack(per_layer).mean()
+
+
+def step_slots(n_steps: int, latent_steps: int) -> list[int]:
+    """The thought each of ``n_steps`` CoT steps is matched to, in order: step j -> thought
+    ``ceil((j+1) K / n) - 1`` (the last thought of its even share), so every step has at least
+    its share of thoughts before it. More steps than thoughts share thoughts."""
+    return [-(-(j + 1) * latent_steps // n_steps) - 1 for j in range(n_steps)]
+
+
+def step_summaries(core: np.ndarray, step_lengths: list[int], summary: str = "mean") -> np.ndarray:
+    """One core state per CoT step of one trajectory: ``core`` [n, r_L, r_d] split into consecutive
+    steps of ``step_lengths`` tokens (summing to n) -> [steps, r_L, r_d], the mean of each step's
+    tokens or its last token."""
+    if sum(step_lengths) != len(core):
+        raise ValueError(f"steps of {step_lengths} tokens do not cover a {len(core)}-token trajectory")
+    bounds = np.cumsum([0] + list(step_lengths))
+    if summary == "mean":
+        return np.stack([core[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    if summary == "last":
+        return np.stack([core[b - 1] for b in bounds[1:]])
+    raise ValueError(f"unknown step summary {summary!r} (mean | last)")
+
+
+def step_anchor_loss(thought_core: torch.Tensor, step_core: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Ordered match of the teacher's step summaries to the student's thoughts, normalised like
+    the anchor: ``sum |Z_s[slot_j] - S_j|^2 / sum |S_j|^2`` over the batch's valid steps.
+
+    thought_core [B, K, r_L, r_d]; step_core [B, J, r_L, r_d] (padded); slots [B, J] long, -1 = padding.
+    0 when every matched thought equals its step's summary.
+    """
+    valid = slots >= 0
+    picked = torch.gather(thought_core, 1, slots.clamp_min(0)[:, :, None, None].expand_as(step_core))
+    err = (picked - step_core).pow(2).sum((2, 3))[valid].sum()
+    return err / (step_core.pow(2).sum((2, 3))[valid].sum() + EPS)

@@ -29,22 +29,27 @@ class LoriArgs:
     covariance: Literal["full", "per_layer"] = "full"   # cov of vec(Z) | one r_d x r_d cov per layer mode
     anchor_space: Literal["core", "full"] = "core"      # anchor in the low-rank core | on full normalised states
     anchor_loss: Literal["mse", "smooth_l1"] = "mse"    # anchor distance (normalised by the teacher's scale)
+    # Our option (the paper has one pre-answer anchor): each CoT step's teacher core states,
+    # summarised, matched in order to the thought at the step's place (step j of n -> thought
+    # ceil((j+1) K / n) - 1); the thoughts then carry the intermediate results in sequence.
+    step_anchor: float = 0.0             # weight of L_step (0 = off)
+    step_summary: Literal["mean", "last"] = "mean"      # a step's summary: mean of its tokens' core | its last token's
 
     feedback = "projection"              # a thought is the last hidden state through the projection MLP
 
     @property
     def needs_targets(self) -> bool:
         """Reads the dumped teacher's targets and factors."""
-        return self.alpha > 0 or self.gamma > 0
+        return self.alpha > 0 or self.gamma > 0 or self.step_anchor > 0
 
     def problems(self, steps: int) -> list[str]:
         out = []
         if self.latent_steps < 0:
             out.append(f"latent_steps must be >= 0, got {self.latent_steps}")
-        if self.alpha > 0 and self.latent_steps == 0:
-            out.append("alpha > 0 needs latent_steps >= 1 (no thoughts to match)")
-        if self.alpha < 0 or self.gamma < 0:
-            out.append("alpha and gamma must be >= 0")
+        if (self.alpha > 0 or self.step_anchor > 0) and self.latent_steps == 0:
+            out.append("alpha > 0 or step_anchor > 0 needs latent_steps >= 1 (no thoughts to match)")
+        if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
+            out.append("alpha, gamma and step_anchor must be >= 0")
         return out
 
 
