@@ -4,32 +4,13 @@
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from dataclasses import dataclass
 
 import torch
 
+from lori.model.chain import prefill, start_chain
 from lori.model.sequences import pad_left, prompt_ids
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_keyword(model_cls: type) -> str:
-    # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns)
-    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
-
-
-def forward_cached(model, cache=None, **kwargs):
-    """``model(**kwargs)`` continuing ``cache`` (None starts one); returns ``(output, new cache)``."""
-    kwargs[_cache_keyword(type(model))] = cache
-    out = model(use_cache=True, **kwargs)
-    return out, (out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions for a left-padded block: ``cumsum(mask) - 1`` (pads get 0)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
@@ -42,6 +23,7 @@ def greedy_continue(model, past, attention_mask: torch.Tensor, next_pos: torch.T
     """
     batch = logits.shape[0]
     done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    chain = start_chain(model, past, attention_mask, next_pos, max(max_new_tokens - 1, 0))
     steps = []
     for _ in range(max_new_tokens):
         if temperature > 0:
@@ -53,10 +35,7 @@ def greedy_continue(model, past, attention_mask: torch.Tensor, next_pos: torch.T
         done = done | (token == eos_id)
         if bool(done.all()) or len(steps) == max_new_tokens:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        out, past = forward_cached(model, past, input_ids=token[:, None], attention_mask=attention_mask,
-                                   position_ids=next_pos[:, None])
-        logits, next_pos = out.logits[:, -1], next_pos + 1
+        logits = chain.step(ids=token, logits=True, hidden=False).logits
     tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
     result = []
     for row in tokens:
@@ -80,9 +59,8 @@ def generate_cot(model, tokenizer, questions: list[str], max_new_tokens: int, de
     ids, mask = ids.to(device), mask.to(device)
     # no autocast here: it re-casts every weight at every generated token, which made decoding
     # 2.6x slower on an H200 (SmolLM2, batch 128); decoding runs in the model's own dtype
-    out, past = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                               logits_to_keep=1)   # decoding reads only the last position
-    rows = greedy_continue(model, past, mask, mask.sum(1), out.logits[:, -1], max_new_tokens,
+    past, logits, _ = prefill(model, ids, mask)      # decoding reads only the last position
+    rows = greedy_continue(model, past, mask, mask.sum(1), logits, max_new_tokens,
                            tokenizer.eos_token_id, tokenizer.pad_token_id, temperature)
     per = (time.perf_counter() - start) / len(questions)
     return [Generation(tokenizer.decode(r, skip_special_tokens=True), len(r), per) for r in rows]

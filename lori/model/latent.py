@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from lori.artifacts.store import ArtifactError
 from lori.data.records import BOT, EOT
-from lori.model.generate import Generation, forward_cached, greedy_continue, position_ids
+from lori.model.chain import forward_cached, prefill, start_chain
+from lori.model.generate import Generation, greedy_continue
 from lori.model.loading import load_checkpoint, save_checkpoint
 from lori.model.sequences import StudentBatch
 
@@ -86,25 +87,21 @@ class LatentStudent(nn.Module):
         test feeds one problem another problem's thoughts); ``record_inputs`` collects the
         input embeddings actually fed, one [B, d] tensor per thought."""
         n_thoughts = self.latent_steps if latent_steps is None else latent_steps
-        need_hidden = n_thoughts > 0 or layers is not None
-        out, past = forward_cached(self.model, None, input_ids=prompt_ids, attention_mask=prompt_mask,
-                                   position_ids=position_ids(prompt_mask), output_hidden_states=need_hidden,
-                                   logits_to_keep=1)   # only the last position is read: skip a [B, P, vocab] head
-        mask, pos = prompt_mask, prompt_mask.sum(1)
-        logits, last = out.logits[:, -1], (out.hidden_states[-1][:, -1] if need_hidden else None)
+        # the LM head runs on the prompt's last position only: a [B, P, vocab] head would be thrown away
+        past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0)
+        chain = start_chain(self.model, past, prompt_mask, prompt_mask.sum(1), n_thoughts)
         thought_states = []
         for k in range(n_thoughts):
-            embeds = (self._feed(last) if thought_inputs is None else thought_inputs[:, k])[:, None]  # [B, 1, d]
+            embeds = self._feed(last) if thought_inputs is None else thought_inputs[:, k]     # [B, d]
             if record_inputs is not None:
-                record_inputs.append(embeds[:, 0])
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out, past = forward_cached(self.model, past, inputs_embeds=embeds, attention_mask=mask,
-                                       position_ids=pos[:, None], output_hidden_states=True)
-            pos, last, logits = pos + 1, out.hidden_states[-1][:, -1], out.logits[:, -1]
+                record_inputs.append(embeds)
+            # logits only after the last thought: no loss reads the others
+            step = chain.step(embeds, layers=layers, logits=k == n_thoughts - 1)
+            last, logits = step.hidden, (step.logits if step.logits is not None else logits)
             if layers is not None:
-                thought_states.append(torch.stack([out.hidden_states[l][:, -1] for l in layers], dim=1))
+                thought_states.append(torch.stack(step.states, dim=1))
         thoughts = torch.stack(thought_states, dim=1) if thought_states else None  # [B, K, L, d]
-        return past, mask, pos, logits, thoughts
+        return chain.cache(), chain.mask, chain.next_pos, logits, thoughts
 
     def forward(self, batch: StudentBatch, layers: list[int] | None = None,
                 latent_steps: int | None = None) -> StudentOutput:
