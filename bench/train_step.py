@@ -7,8 +7,12 @@
   (same model), K latent thoughts, distillation of the pre-answer state.
 
     python bench/train_step.py [--run results/quickstart] [--steps 20] [--batch-size 64]
+    python bench/train_step.py --scratch quickstart|smollm2 [--methods no_cot lori] ...
 
-Needs the artifacts of a finished run (teacher, targets, factors). The last line prints LoRi / SFT.
+Needs the artifacts of a finished run (teacher, targets, factors), or ``--scratch``: random
+weights from a config (:mod:`scratch`: the quickstart LLaMA or the SmolLM2-135M shape), generated
+problems and random teacher statistics of the right shapes (the cost of a step does not depend
+on their values). The last line prints LoRi / SFT.
 """
 from __future__ import annotations
 
@@ -17,16 +21,23 @@ import time
 
 import torch
 from benchlib import device_name, run_parser, setup, sync
+from scratch import SHAPES, scratch_problem
 
 from lori.artifacts.factors import load_factors
 from lori.artifacts.targets import read_targets
-from lori.data.records import read_records
-from lori.distill import DistillConfig, build_student
+from lori.data.records import BOT, EOT, read_records
+from lori.distill import DistillConfig
+from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint
 from lori.model.sequences import teacher_batch, teacher_sequence
 from lori.training.recipes.base import RecipeContext
 from lori.training.recipes.lori import TeacherTargets
 from lori.training.recipes.registry import RECIPES
+
+
+#: --methods name -> (label, distill method); cot_sft is the teacher's own SFT step
+METHODS = {"no_cot": ("no_cot SFT", "no_cot"), "cot_sft": ("CoT SFT", "cot_sft"), "lori": ("LoRi", "lori"),
+           "codi": ("CODI", "codi")}
 
 
 def timed(steps: dict, batches, device, warmup: int = 3) -> dict[str, float]:
@@ -49,17 +60,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--latent-steps", type=int, default=6)
+    ap.add_argument("--scratch", choices=sorted(SHAPES), help="random weights from a config, no finished run needed")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = ap.parse_args()
-    device, run = setup(args, ["teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"])
-    records = read_records(run / "teacher_cot/train.jsonl")
-    factors, _ = load_factors(str(run / "lowrank/factors.zarr"))
-    targets = TeacherTargets(read_targets(run / "targets/train.zarr", [r.id for r in records]), "full").to(device)
-    factors = factors.to(device)
+    if args.scratch:
+        device, _ = setup(args, [])
+        problem = scratch_problem(args.scratch, device)
+        records, tok, make_model, targets, factors = (problem.records, problem.tokenizer, problem.make_model,
+                                                      problem.targets, problem.factors)
+    else:
+        device, run = setup(args, ["teacher", "teacher_cot/train.jsonl", "targets/train.zarr", "lowrank/factors.zarr"])
+        records = read_records(run / "teacher_cot/train.jsonl")
+        factors, _ = load_factors(str(run / "lowrank/factors.zarr"))
+        targets = TeacherTargets(read_targets(run / "targets/train.zarr", [r.id for r in records]), "full").to(device)
+        factors = factors.to(device)
+        tok = load_checkpoint(run / "teacher")[1]
+
+        def make_model():
+            return load_checkpoint(run / "teacher")[0]
     rng = random.Random(0)
     batches = [rng.sample(range(len(records)), args.batch_size) for _ in range(args.steps + 3)]
 
     def recipe(cfg: DistillConfig):
-        student, tok = build_student(cfg, str(run / "teacher"))
+        student = LatentStudent(make_model(), cfg.args.latent_steps, tok.convert_tokens_to_ids(BOT),
+                                tok.convert_tokens_to_ids(EOT), feedback=cfg.args.feedback)
         student.to(device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
         # each method's own loss step (CODI runs its teacher pass in the loop)
@@ -71,33 +95,44 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return step, tok
+        return step
 
-    no_cot, tok = recipe(DistillConfig(method="no_cot", device=device.type))
-    lori, _ = recipe(DistillConfig(method="lori", latent_steps=args.latent_steps, device=device.type))
-    codi, _ = recipe(DistillConfig(method="codi", latent_steps=args.latent_steps, device=device.type))
-    cot_model, _ = load_checkpoint(run / "teacher")
-    cot_model.to(device).train()
-    cot_opt = torch.optim.AdamW(cot_model.parameters(), lr=1e-4)
-    seqs = [teacher_sequence(tok, r) for r in records]
+    def cot_sft():
+        cot_model = make_model().to(device).train()
+        cot_opt = torch.optim.AdamW(cot_model.parameters(), lr=1e-4)
+        seqs = [teacher_sequence(tok, r) for r in records]
 
-    def cot_sft(idx):
-        batch = {k: v.to(device) for k, v in teacher_batch(tok, [seqs[i] for i in idx]).items()}
-        loss = cot_model(**batch).loss
-        cot_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        cot_opt.step()
+        def step(idx):
+            batch = {k: v.to(device) for k, v in teacher_batch(tok, [seqs[i] for i in idx]).items()}
+            loss = cot_model(**batch).loss
+            cot_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            cot_opt.step()
+        return step
 
-    print(f"# train-step benchmark on {device_name(device, args.threads)}; batch {args.batch_size}, K={args.latent_steps}, {args.steps} timed steps")
-    results = timed({"no_cot SFT": no_cot, "CoT SFT": cot_sft, "LoRi": lori, "CODI": codi}, batches, device)
+    steps = {}
+    for name in args.methods:
+        label, method = METHODS[name]
+        if method == "cot_sft":
+            steps[label] = cot_sft()
+        else:
+            extra = {} if method == "no_cot" else {"latent_steps": args.latent_steps}
+            steps[label] = recipe(DistillConfig(method=method, device=device.type, **extra))
+    if "no_cot SFT" not in steps:
+        raise SystemExit("error: --methods must include no_cot (the baseline)")
+    shape = f"{args.scratch} shape from config" if args.scratch else args.run
+    print(f"# train-step benchmark on {device_name(device, args.threads)}; {shape}; batch {args.batch_size}, "
+          f"K={args.latent_steps}, {args.steps} timed steps")
+    results = timed(steps, batches, device)
     base = results["no_cot SFT"]
-    print(f"{'method':>12} {'ms/step':>9} {'vs no_cot SFT':>14} {'vs CoT SFT':>11}")
+    print(f"{'method':>12} {'ms/step':>9} {'vs no_cot SFT':>14}")
     for label, t in results.items():
-        print(f"{label:>12} {1000 * t:>9.1f} {t / base:>13.2f}x {t / results['CoT SFT']:>10.2f}x")
-    print(f"RESULT LoRi step / no_cot SFT step = {results['LoRi'] / base:.2f}x (goal <= 1.2x); "
-          f"LoRi / CoT SFT = {results['LoRi'] / results['CoT SFT']:.2f}x; LoRi / CODI = "
-          f"{results['LoRi'] / results['CODI']:.2f}x")
-
+        print(f"{label:>12} {1000 * t:>9.1f} {t / base:>13.2f}x")
+    if "LoRi" in results:
+        others = "; ".join(f"LoRi / {label} = {results['LoRi'] / t:.2f}x" for label, t in results.items()
+                           if label not in ("LoRi", "no_cot SFT"))
+        print(f"RESULT LoRi step / no_cot SFT step = {results['LoRi'] / base:.2f}x (goal <= 1.3x)"
+              + (f"; {others}" if others else ""))
 
 if __name__ == "__main__":
     main()
