@@ -85,13 +85,13 @@ def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny):
     model, tok = distill.build_student(cfg, tiny["teacher"])
     assert model.projection is None and model.feedback == "hidden" and model.latent_steps == 6
     batch, k = coconut.coconut_batch(tok, [FOUR, TWO], 2, 2, 3)
-    seen = []
-    hook = model.model.register_forward_pre_hook(
-        lambda m, args, kw: seen.append(kw["inputs_embeds"].shape[1]) if kw.get("inputs_embeds") is not None else None,
-        with_kwargs=True)
+    seen = []                                     # positions per call of the first decoder layer
+    hook = model.model.model.layers[0].register_forward_pre_hook(
+        lambda m, args, kw: seen.append((args[0] if args else kw["hidden_states"]).shape[1]), with_kwargs=True)
     model(batch, None, latent_steps=k)
     hook.remove()
-    assert seen == [1] * 4                                          # stage 2, c = 2: four single-position thoughts
+    # the prompt block, then stage 2 with c = 2: four single-position thoughts, then the suffix block
+    assert seen[1:-1] == [1] * 4 and seen[0] == batch.prompt_ids.shape[1] and seen[-1] == batch.suffix_ids.shape[1]
     # the thought fed back is the last hidden state itself
     last = torch.randn(2, 32)
     assert torch.equal(model._feed(last), last)
