@@ -4,9 +4,12 @@ Registers the harness model ``lori`` (:class:`LoriLM`): it loads a checkpoint th
 does (a student directory, with ``latent.json``, as a latent student; any other as the teacher)
 and answers each ``generate_until`` request through the evaluate stage's own decoding
 (:func:`lori.model.answer.answer_rows`): a student thinks its K latent thoughts, then answers; the
-teacher writes its chain of thought. The request's context is taken as the *question*: lori models
-build their own prompt around it, so a task's ``doc_to_text`` must give the bare question (e.g.
-``"{{question}}"``) with 0 few-shot examples. The reply is cut at the task's ``until`` strings.
+teacher writes its chain of thought. lori models build their own prompt around a bare question, so
+the request's context is reduced to one (:func:`question_of`): the harness's own ``gsm8k`` task
+(``Question: ...\nAnswer:``, few-shot examples included) gives its last question; a task whose
+``doc_to_text`` is the bare question gives it as is. Few-shot examples are therefore not shown to
+the model. The reply is cut at the task's ``until`` strings, and the task's own answer extraction
+reads it (a lori model answers ``... #### 42``, which GSM8K's ``strict-match`` filter expects).
 Log-likelihood requests (multiple-choice tasks, perplexity) raise ``NotImplementedError``: a latent
 student's answer is conditioned on thoughts it generates, so the score of a fixed continuation is
 not what it would answer.
@@ -44,6 +47,15 @@ def load_model(path: str | Path):
     return LatentStudent.load(path) if (path / "latent.json").exists() else load_checkpoint(path)
 
 
+def question_of(context: str) -> str:
+    """The question a harness request asks: after the context's last ``Question:`` and before its
+    ``Answer:`` (the harness's GSM8K prompt, after any few-shot examples), else the whole context."""
+    head, sep, last = context.rpartition("Question:")
+    if not sep:
+        return context.strip()
+    return last.rsplit("Answer:", 1)[0].strip() if "Answer:" in last else last.strip()
+
+
 def cut(text: str, until: Sequence[str]) -> str:
     """``text`` up to the first of the ``until`` strings (the harness's stop sequences)."""
     for stop in until:
@@ -75,7 +87,7 @@ class LoriLM(LM):
             until = (until,) if isinstance(until, str) else tuple(until)
             groups.setdefault((int(gen.get("max_gen_toks", self.max_new_tokens)), until), []).append(i)
         for (budget, until), members in groups.items():
-            records = [Record(id=str(i), question=requests[i].args[0].strip(), steps=[], answer="") for i in members]
+            records = [Record(id=str(i), question=question_of(requests[i].args[0]), steps=[], answer="") for i in members]
             rows = answer_rows(self.model, self.tokenizer, records, self.batch_size, budget, self._device,
                                desc=None if disable_tqdm else "lori harness")
             for i, row in zip(members, rows):

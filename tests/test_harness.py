@@ -77,3 +77,15 @@ def test_cli_writes_the_results(synthetic_run, tmp_path, capsys):
                   str(tmp_path), "--limit", "2", "--out", str(out)])
     assert "lori_tiny" in capsys.readouterr().out
     assert "exact_match,strict-match" in json.loads(out.read_text())["results"]["lori_tiny"]
+
+
+def test_the_question_is_cut_out_of_the_harness_gsm8k_prompt():
+    """The harness's own gsm8k prompt (few-shot examples, then ``Question: ...\nAnswer:``) gives its last
+    question; a bare-question context passes through unchanged."""
+    from lori.harness import question_of
+
+    fewshot = ("Question: Tom has 2 pens . he buys 3 more . how many now ?\nAnswer: 2+3=5 #### 5\n\n"
+               "Question: Ann has 7 eggs . she loses 2 . how many now ?\nAnswer:")
+    assert question_of(fewshot) == "Ann has 7 eggs . she loses 2 . how many now ?"
+    assert question_of("Question: Sam has 4 cards .\nAnswer:") == "Sam has 4 cards ."
+    assert question_of("  Sam has 4 cards . how many now ?  ") == "Sam has 4 cards . how many now ?"
