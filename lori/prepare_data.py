@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 
 from lori.cli import stage_main, stage_summary
 from lori.data.generator import generate
-from lori.data.records import read_records, write_records
+from lori.data.records import DataError, read_records, write_records
 from lori.data.sources import KINDS as FILE_KINDS
 from lori.data.sources import generate_mult, load_dataset
 
@@ -80,7 +80,7 @@ def run(cfg: PrepareDataConfig, out: str, exclude: Sequence[str] = ()) -> int:
     excluded = {r.question for path in exclude for r in read_records(path)}
     records = load_split(cfg, excluded)
     if not records:
-        raise ValueError(f"split '{cfg.split}' is empty")
+        raise DataError(f"{cfg.path or cfg.kind}: no problems for split '{cfg.split}' (an empty file?)")
     n = write_records(out, records)
     steps = sum(len(r.steps) for r in records) / n
     log.info("wrote %d records to %s (%.2f CoT steps per problem)", n, out, steps)

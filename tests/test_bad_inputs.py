@@ -21,6 +21,7 @@ import zarr
 
 from lori import distill, dump_hidden, evaluate, factorize, prepare_data, targets, teacher_sft
 from lori.cli import _excepthook
+from tests.runs import snakemake
 from tests.tiny import TINY, RUNTIME
 
 HERE = Path(__file__).parent / "bad_inputs"
@@ -130,6 +131,12 @@ CASES = [
     Case("txt_no_answer_marker", prepare_data, PREP_AUG, ("{bad}:2", "'####'")),
     Case("txt_empty_answer", prepare_data, PREP_AUG, ("{bad}:2", "empty answer")),
     Case("txt_empty_question", prepare_data, PREP_AUG, ("{bad}:2", "empty question")),
+    Case("txt_not_utf8", prepare_data, PREP_AUG, ("{bad}:2", "not UTF-8", "0xe9")),
+    Case("txt_unclosed_equation", prepare_data, PREP_AUG, ("{bad}:2", "'<<' at column 64", "never closed")),
+    Case("txt_empty", prepare_data, PREP_AUG, ("{bad}", "no problems")),
+    Case("jsonl_records_empty", prepare_data, "--split train --kind records --path {bad} --out {out}",
+         ("{bad}", "no problems")),
+    Case("jsonl_not_utf8", teacher_sft, TRAIN_SFT, ("{bad}:2", "not UTF-8")),
     Case("jsonl_malformed", teacher_sft, TRAIN_SFT, ("{bad}:2", "not valid JSON")),
     Case("jsonl_not_object", teacher_sft, TRAIN_SFT, ("{bad}:2", "JSON object")),
     Case("jsonl_missing_answer", teacher_sft, TRAIN_SFT, ("{bad}:2", "missing field(s) answer")),
@@ -255,3 +262,18 @@ def test_bad_input_gives_one_clear_error_and_keeps_outputs(case: Case, good, tmp
     kept = out / "sentinel" if case.out_is_dir else out
     assert kept.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no temp litter
+
+
+def test_bad_configfile_stops_snakemake_with_one_error_line(tmp_path):
+    """``snakemake --configfile BAD``: the schema's findings under one ``error:`` line naming the
+    file, exit 2, no Snakemake traceback, nothing written in the working directory."""
+    bad = HERE / "config_negative_rank.yaml"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    res = snakemake(workdir, "-n", configfile=bad)
+    err = res.stdout + res.stderr
+    assert res.returncode == 2, err
+    assert [l for l in err.splitlines() if "error" in l.lower()] == [f"error: {bad}: 1 config error(s):"], err
+    assert "factorize.rank_layer" in err
+    assert "Traceback" not in err and 'File "' not in err, err
+    assert list(workdir.iterdir()) == []

@@ -54,10 +54,32 @@ class Record:
         return json.dumps(asdict(self), ensure_ascii=False)
 
 
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, newline kept (``\\r\\n`` read as ``\\n``).
+
+    Decoded line by line so that a file that is not UTF-8 (a Latin-1 export, a binary file given
+    by mistake) is a :class:`DataError` naming the line, not a ``UnicodeDecodeError`` traceback.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                "re-save the file as UTF-8") from None
+            yield lineno, (line[:-2] + "\n" if line.endswith("\r\n") else line)
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file; not UTF-8 is a :class:`DataError` naming the line."""
+    return "".join(line for _, line in text_lines(path))
+
+
 def parse_aug_line(line: str, where: str = "<string>") -> tuple[str, list[str], str]:
     """Split one GSM8K-Aug line into (question, steps, answer).
 
-    ``where`` (e.g. ``"train.txt:12"``) is put in the error message.
+    ``where`` (e.g. ``"train.txt:12"``) is put in the error message. An equation opened by ``<<``
+    and never closed is an error: it would silently lose that step and every one after it.
     """
     line = line.rstrip("\n")
     if COT_SEP not in line:
@@ -71,7 +93,22 @@ def parse_aug_line(line: str, where: str = "<string>") -> tuple[str, list[str], 
         raise DataError(f"{where}: empty question")
     if not answer:
         raise DataError(f"{where}: empty answer after '{ANSWER_SEP}'")
+    unclosed = unclosed_equation(cot)
+    if unclosed is not None:
+        column = len(line) - len(rest) + unclosed + 1
+        raise DataError(f"{where}: '<<' at column {column} is never closed by '>>' (a cut equation?)")
     return question, split_steps(cot), answer
+
+
+def unclosed_equation(cot: str) -> int | None:
+    """Offset in ``cot`` of the first ``<<`` that :func:`split_steps` finds no ``>>`` for, or None."""
+    pos = 0
+    while (start := cot.find("<<", pos)) >= 0:
+        end = cot.find(">>", start)
+        if end < 0:
+            return start
+        pos = end + 2
+    return None
 
 
 def split_steps(cot: str) -> list[str]:
@@ -107,29 +144,28 @@ def read_records(path: str | Path) -> list[Record]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data file (run the prepare_data stage first)")
     records, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in REQUIRED if k not in obj]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            if not isinstance(obj["steps"], list):
-                raise DataError(f"{path}:{lineno}: 'steps' must be a list of strings")
-            rid = str(obj["id"])
-            if rid in seen:
-                raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
-            seen.add(rid)
-            records.append(
-                Record(rid, str(obj["question"]), [str(s) for s in obj["steps"]], str(obj["answer"]),
-                       str(obj.get("source", "")), dict(obj.get("meta", {})))
-            )
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in REQUIRED if k not in obj]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        if not isinstance(obj["steps"], list):
+            raise DataError(f"{path}:{lineno}: 'steps' must be a list of strings")
+        rid = str(obj["id"])
+        if rid in seen:
+            raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
+        seen.add(rid)
+        records.append(
+            Record(rid, str(obj["question"]), [str(s) for s in obj["steps"]], str(obj["answer"]),
+                   str(obj.get("source", "")), dict(obj.get("meta", {})))
+        )
     return records
 
 

@@ -34,7 +34,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from lori.data.records import ANSWER_SEP, COT_SEP, DataError, Record, parse_aug_line, split_steps
+from lori.data.records import (ANSWER_SEP, COT_SEP, DataError, Record, parse_aug_line, read_text, split_steps, text_lines,
+                               unclosed_equation)
 from lori.hub import offline_hint
 
 KINDS = ("gsm8k", "gsm8k_aug", "gsm_hard", "svamp", "mult")
@@ -57,19 +58,19 @@ def parse_hub_spec(source: str, default_split: str) -> tuple[str, str | None, st
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        yield f"{path}:{lineno}", obj
 
 
 def _rows_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     """Elements of a JSON array, each located by the line it starts on (SVAMP is pretty-printed)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     decoder = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if not text[pos:pos + 1] == "[":
@@ -159,6 +160,8 @@ def gsm8k_aug_row(row: Any, where: str) -> tuple[str, list[str], str]:
         question, steps, answer = parse_aug_line(row, where)
     else:
         question, cot, answer = _field(row, where, "question", "cot", "answer")
+        if unclosed_equation(cot) is not None:
+            raise DataError(f"{where}: 'cot' has a '<<' never closed by '>>' (a cut equation?)")
         question, steps = question.strip(), split_steps(cot)
     return question, steps, number_text(answer, where)
 
@@ -240,10 +243,9 @@ def iter_rows(source: str, default_split: str = "train", cache_dir: str | None =
     elif suffix == ".parquet":
         yield from _rows_parquet(path)
     elif suffix == ".txt":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{path}:{lineno}", line.rstrip("\n")
+        for lineno, line in text_lines(path):
+            if line.strip():
+                yield f"{path}:{lineno}", line.rstrip("\n")
     else:
         raise DataError(f"{path}: unknown data file type '{suffix}' (one of {', '.join(FILE_SUFFIXES)})")
 
@@ -268,6 +270,8 @@ def load_dataset(kind: str, source: str, split: str = "train", n: int | None = N
             raise DataError(f"{where}: duplicate id {source_id!r}")
         seen.add(rid)
         records.append(Record(rid, question, steps, answer, kind))
+    if not records and n != 0:
+        raise DataError(f"{source}: no problems in it (an empty file?)")
     return records
 
 

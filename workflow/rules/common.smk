@@ -7,12 +7,23 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))  # the lori package, even
 import re
 
 # torch-free imports only: the DAG builds without loading torch or any stage module
-from lori.config import VALIDATION, runtime_args, stage_args, to_flags, validate_config, validates
+from lori.config import VALIDATION, ConfigError, runtime_args, stage_args, to_flags, validate_config, validates
 from lori.lowrank.passes import plan as factorize_plan
 from lori.sweep import LOWRANK_TAG, factor_overrides, lowrank_tag, matched_inputs, student_runs
 from lori.training.recipes.args import recipe_args
 
-validate_config(config, "config")
+
+def config_source():
+    """Where the config came from, for error messages: the --configfile(s), or the default file."""
+    return " + ".join(str(f) for f in workflow.overwrite_configfiles) or "config/config.yaml"
+
+
+try:
+    validate_config(config, config_source())
+except ConfigError as e:
+    # the user's config to fix: one error line naming the file, no Snakemake traceback, no job
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 R = f"results/{config['run']}"
 # every rule's software (used with --sdm conda; rules are otherwise run in the current environment)
