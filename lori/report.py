@@ -2,18 +2,22 @@
 
 Writes ``report/report.md``, a self-contained ``report/report.html`` (figures embedded as
 base64 PNG: it opens from a mail attachment, no server, no sibling files) and every figure as
-PNG + SVG:
+PNG + SVG. The page opens with a provenance block (code commit, run config hash, package versions,
+CPU/GPU, threads, dates: :mod:`lori.analysis.provenance`), then one results table (accuracy with
+its pooled 95% CI, shuffled-thought drop, generated tokens and latent steps per benchmark, training
+cost), and only what that table lacks: published numbers, ablations, per-problem agreement,
+low-rank structure. Figures:
 
 - ``spectrum``: energy vs rank per mode, chosen rank marked;
 - ``effective_rank``: per-example effective rank and energy kept vs CoT length;
-- ``training``: loss curves, one panel per loss term, one line per method;
-- ``accuracy_vs_tokens``: accuracy (Wilson 95% CI) vs generated tokens, every method, every benchmark;
+- ``training``: loss curves, one panel per loss term (losses only: no FLOPs, lr or timing), one line per method;
+- ``accuracy_vs_tokens``: accuracy (Wilson 95% CI) vs generated tokens + latent steps, every method, every benchmark;
 - ``agreement``: per-problem agreement between methods (from the ``eval/<method>/<bench>.jsonl`` rows);
 - ``accuracy_vs_compute``: validation accuracy during training vs training FLOPs and wall time, every
   student, the teacher's final CoT accuracy as a line (from the metrics rows with ``val_accuracy``:
   a run with ``data.validation`` and ``eval_every``);
 - a "Latent thoughts" section: a few test problems with each thought decoded by the logit lens
-  (:mod:`lori.analysis.logit_lens`), beside the teacher's CoT (when ``--students`` and ``--thought-data``
+  (:mod:`lori.analysis.logit_lens`), after the teacher's CoT (when ``--students`` and ``--thought-data``
   are given).
 
 A figure whose data is missing is drawn as a labelled placeholder, so the file set is fixed
@@ -38,6 +42,7 @@ from typing import Sequence
 
 from lori.analysis import render
 from lori.analysis.figures import draw_figures
+from lori.analysis.provenance import PROVENANCE_NOTE, provenance
 from lori.analysis.published import BENCHES, PUBLISHED_NOTE, published_table
 from lori.analysis.runs import (
     load_extras,
@@ -51,14 +56,11 @@ from lori.analysis.runs import (
 from lori.analysis.stats import agreement
 from lori.analysis.tables import (
     AGREEMENT_NOTE,
-    METHODS_NOTE,
-    PAPER_NOTE,
+    RESULTS_NOTE,
     ablation_table,
     agreement_table,
     factors_note,
     factors_table,
-    methods_table,
-    paper_table,
     results_table,
 )
 from lori.artifacts import evaluation
@@ -78,7 +80,7 @@ class ReportConfig:
 
 def _thoughts_section(cfg: ReportConfig, evals: list[str], summaries: list[dict], students: Sequence[str],
                       thought_data: str) -> render.Section | None:
-    """The first problems of ``thought_data`` with each latent student's thoughts decoded, beside the
+    """The first problems of ``thought_data`` with each latent student's thoughts decoded, after the
     teacher's CoT from its evaluation rows; None when no student thinks in latent steps."""
     # torch and the models: imported only when a report decodes thoughts, so `lori report --help` stays instant
     from lori.analysis.logit_lens import format_trace, thought_traces, trace_html
@@ -91,7 +93,8 @@ def _thoughts_section(cfg: ReportConfig, evals: list[str], summaries: list[dict]
         return None
     intro = ("Each continuous thought read by the logit lens (final norm + lm_head on its last-layer hidden "
              "state: top tokens with probabilities) and by the input embeddings nearest to the vector fed "
-             f"back (cosine), beside the teacher's CoT; first {cfg.thought_examples} problems of "
+             f"back (cosine), after the teacher's whole CoT (thought i is not CoT step i: the method pairs "
+             f"statistics, not positions); first {cfg.thought_examples} problems of "
              f"`{bench}`. More: `lori thoughts --run RUN --method M --example ID`.")
     md = intro + "".join(f"\n\n### {name}\n" + "".join(f"\n```\n{format_trace(t)}\n```\n" for t in ts)
                          for name, ts in traces.items())
@@ -112,12 +115,14 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
     thoughts = None
     if thought_data and students and cfg.thought_examples > 0:
         thoughts = _thoughts_section(cfg, evals, summaries, students, thought_data)
-    sections = [render.table_section("Paper-style table", paper_table(summaries, bench_order=BENCHES), PAPER_NOTE)]
+    # evaluations live in <run>/eval/<method>/<bench>.json (docs/artifacts.md)
+    run_root = Path(evals[0]).resolve().parents[2]
+    sections = [render.facts_section("Provenance", provenance(run_root, summaries, factors), PROVENANCE_NOTE),
+                render.table_section("Results", results_table(summaries, metrics, bench_order=BENCHES), RESULTS_NOTE,
+                                     note_first=True)]
     if any(s["bench"] in BENCHES for s in summaries):
         sections.append(render.table_section("Published numbers (other base models)", published_table(),
                                              PUBLISHED_NOTE))
-    sections += [render.table_section("Methods", methods_table(summaries, metrics), METHODS_NOTE, note_first=True),
-                 render.table_section("Results per student", results_table(summaries))]
     if cfg.sweep:
         sections.append(render.table_section("Ablations", ablation_table(summaries, cfg.sweep)))
     if pairs:

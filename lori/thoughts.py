@@ -1,4 +1,4 @@
-"""``lori thoughts``: what a latent student "thinks", next to what the teacher wrote.
+"""``lori thoughts``: what a latent student "thinks", and what the teacher wrote for the same problem.
 
 A latent student (``lori``, ``codi``) answers after K continuous thoughts that are never
 tokens. Two cheap readings of each thought:
@@ -9,9 +9,10 @@ tokens. Two cheap readings of each thought:
 - **nearest embeddings**: the vector actually fed back as the next input (the projection's
   output), compared by cosine with every input-embedding row.
 
-Beside them: the teacher's CoT for the same problem (its generated CoT from
-``eval/cot_sft/<bench>.jsonl``, else its rationale in ``teacher_cot/*.jsonl``, else the
-dataset's gold steps) and the student's own answer. The readings are
+With them: the student's own answer and the teacher's CoT for the same problem (its generated
+CoT from ``eval/cot_sft/<bench>.jsonl``, else its rationale in ``teacher_cot/*.jsonl``, else the
+dataset's gold steps), printed whole before the thoughts and not lined up with them: the method
+pairs no thought i with CoT step i. The readings are
 :mod:`lori.analysis.logit_lens`; this module is the command line.
 
 Usage::

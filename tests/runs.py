@@ -98,24 +98,34 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
         model = build_scratch_model(json.loads(TINY), tok)
         student = LatentStudent(model, k, *tok.convert_tokens_to_ids([BOT, EOT]))
         student.save(run / "students" / method, tok)
-        rows = [{"step": s, "loss": 3.0 / s, "task": 2.0 / s, **({"reason": 1.0 / s, "anchor": 0.5 / s} if k else {}),
+        # what the training loop logs beside the losses: the schedule, speed and cost of each step
+        rows = [{"step": s, "lr": 1e-3, "loss": 3.0 / s, "task": 2.0 / s,
+                 **({"reason": 1.0 / s, "anchor": 0.5 / s} if k else {}),
+                 "flops": 1.2e6 if k else 1e6, "sec_per_step": 0.2 if k else 0.1,
                  **validation_row(s, 0.1 * s + 0.05 * k, 1.2e6 if k else 1e6, 0.2 if k else 0.1)}
                 for s in range(1, 6)]
+        # distill's provenance file (lori.training.loop.provenance): the report reads its hash and threads
+        (run / "students" / method / "train_config.json").write_text(
+            json.dumps({"latent_steps": k, "threads": 1, "config_hash": f"{method}-hash", "lori_version": "0.1.0"}))
         (run / "students" / f"{method}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "teacher_metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4.0 / s,
                                                                    **validation_row(s, 0.7, 2e6, 0.3)}) + "\n"
                                                        for s in range(1, 6)))
     rng = np.random.default_rng(seed)
     for method, acc in METHODS.items():
-        for b, recs in records.items():
+        for i, (b, recs) in enumerate(records.items()):
+            # the CoT gets longer on the longer benchmark: tokens differ per benchmark
             rows = [{"id": r.id, "prediction": (f"{r.cot} #### {r.answer}" if method == "cot_sft" else f"#### {r.answer}"),
                      "parsed": r.answer, "gold": r.answer, "correct": bool(rng.random() < acc),
-                     "generated_tokens": 20 if method == "cot_sft" else 3, "latent_steps": 2 if method == "lori" else 0,
+                     "generated_tokens": 20 + 10 * i if method == "cot_sft" else 3,
+                     "latent_steps": 2 if method == "lori" else 0,
                      "latency_s": 0.01} for r in recs]
             out = run / "eval" / method / f"{b}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            (out.with_suffix(".json")).write_text(json.dumps(summarize(rows, method, b)))
+            # evaluate's provenance keys too (the report's provenance block combines the config hashes)
+            (out.with_suffix(".json")).write_text(json.dumps({**summarize(rows, method, b), "config_hash": f"eval-{b}",
+                                                              "lori_version": "0.1.0"}))
     (run / "teacher_cot").mkdir()
     (run / "teacher_cot" / "summary.json").write_text(json.dumps({"kept": 7, "total": 8}))
     offsets = np.concatenate([[0], np.cumsum(rng.integers(2, 9, 12))])

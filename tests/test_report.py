@@ -6,12 +6,14 @@ import json
 import re
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
 from lori.__main__ import main as lori_main
 from lori.compare import compare
 from lori.analysis.figures import FIGURES
+from lori.analysis.runs import load_factor_summary, run_inputs
 from lori.analysis.stats import agreement, mcnemar_p
 from lori.report import ReportConfig, run
 
@@ -61,9 +63,112 @@ def test_report_run_is_self_contained(runs, capsys):
     md = (out / "report.md").read_text()
     assert "## Per-problem agreement" in md and "| test | cot_sft | lori | 8 |" in md
     assert md.count("```\nexample test-") == 2 and "### lori" in md and "### no_cot" not in md
-    assert "logit lens" in page and "teacher step" in page
-    assert "## Paper-style table" in md and "| cot_sft | 1 |" in md
+    assert "logit lens" in page and "teacher step" not in page     # thoughts are not lined up with CoT steps
     assert "Published numbers" not in md          # the quickstart's benchmarks are not the papers'
+
+
+def table_headers(md: str) -> list[str]:
+    """The header line of every Markdown table (the line above its |---| rule)."""
+    lines = md.splitlines()
+    return [lines[i - 1] for i, line in enumerate(lines) if line.startswith("|---")]
+
+
+def table_rows(md: str, section: str) -> dict[tuple[str, str], dict[str, str]]:
+    """``(first cell, second cell) -> {column: cell}`` of the table under ``## section``."""
+    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [l for l in body.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+    return {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+
+
+def test_report_opens_with_provenance_and_has_one_accuracy_table(runs, tmp_path):
+    import subprocess
+
+    import numpy
+    import torch
+
+    from lori.analysis.provenance import cpu_model
+    from lori.config import config_hash
+
+    _, a, _ = runs
+    out = tmp_path / "r"
+    run(ReportConfig(run="a", thought_examples=0), **{**run_inputs(a), "students": []}, out=str(out))
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.split("\n## ")[1].startswith("Provenance\n")          # the first section
+    facts = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", md, re.M))
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert facts["code commit"].split()[0] == (head or "unknown")
+    # the run's hash combines every stage config its artifacts record: students, factors, evaluations
+    hashes = {"students/lori": "lori-hash", "students/no_cot": "no_cot-hash",
+              "lowrank/factors": load_factor_summary(str(a / "lowrank" / "factors.zarr"))["config_hash"],
+              **{f"eval/{m}/{b}": f"eval-{b}" for m in ("cot_sft", "no_cot", "lori") for b in ("test", "longer")}}
+    assert facts["run config hash"] == f"{config_hash(hashes)} (of 9 stage configs)"
+    assert f"torch {torch.__version__}" in facts["packages"] and f"numpy {numpy.__version__}" in facts["packages"]
+    assert facts["CPU"].startswith(cpu_model()) and facts["training threads"] == "1"
+    assert "GPU" in facts and "report built" in facts
+    assert "<b>code commit</b>" in page and f"{config_hash(hashes)} (of 9 stage configs)" in page
+    # one table carries the accuracies; the others only add what it lacks
+    assert sum("accuracy" in h for h in table_headers(md)) == 1
+    results = table_rows(md, "Results")
+    assert set(results) == {(b, m) for b in ("test", "longer") for m in ("cot_sft", "no_cot", "lori")}
+    for column in ("95% CI (pooled)", "shuffled-thought drop (points)", "latent steps", "train steps"):
+        assert column in results[("test", "lori")]
+    # generated tokens per benchmark, not averaged over them (the synthetic CoT is longer on "longer")
+    assert results[("test", "cot_sft")]["generated tokens"] == "20.0"
+    assert results[("longer", "cot_sft")]["generated tokens"] == "30.0"
+    assert results[("test", "lori")]["latent steps"] == "2" and results[("test", "no_cot")]["latent steps"] == "0"
+    assert results[("test", "lori")]["train steps"] == "5"
+
+
+def test_provenance_without_git_or_artifacts_says_unknown(tmp_path, monkeypatch):
+    from lori.analysis import provenance as prov
+
+    assert prov.code_commit(tmp_path) == "unknown"             # not a checkout
+    assert prov.cpu_model(tmp_path / "no-cpuinfo")             # falls back to platform
+    monkeypatch.setenv("PATH", str(tmp_path))                  # no git at all
+    assert prov.code_commit() == "unknown"
+    facts = dict(prov.provenance(tmp_path, []))
+    assert facts["run config hash"] == "unknown" and facts["training threads"] == "unknown"
+
+
+def test_training_figure_plots_losses_only(runs, monkeypatch, tmp_path):
+    from lori.analysis import figures
+    from lori.analysis.runs import load_metrics
+
+    _, a, _ = runs
+    metrics = load_metrics(run_inputs(a)["metrics_paths"])
+    logged = {k for rows in metrics.values() for r in rows for k in r}
+    assert {"flops", "flops_total", "lr", "sec_per_step", "train_s", "val_accuracy"} <= logged   # the fixture logs them
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    figures.plot_training(metrics, tmp_path / "training.png")
+    titles = [ax.get_title() for ax in drawn[0].axes if ax.get_title()]
+    assert titles == ["loss", "task", "reason", "anchor"]
+
+
+def test_accuracy_vs_tokens_counts_latent_steps_and_keeps_markers_apart(runs, monkeypatch, tmp_path):
+    from lori.analysis import figures
+
+    _, a, _ = runs
+    summaries = [json.loads(p.read_text()) for p in sorted(a.glob("eval/*/*.json"))]
+    lori = next(s for s in summaries if (s["method"], s["bench"]) == ("lori", "test"))
+    summaries.append({**lori, "method": "lori-seed1"})     # a second seed: pooled into one point
+    points = {p["variant"]: p for p in figures.accuracy_points(summaries)["test"]}
+    assert set(points) == {"cot_sft", "no_cot", "lori"}
+    assert points["lori"]["cost"] == 3 + 2 and points["no_cot"]["cost"] == 3     # tokens + latent steps
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    # two methods at the same cost and accuracy: neither marker may sit on the other
+    twins = [{**summaries[0], "method": m, "bench": "x"} for m in ("no_cot", "icot_si")]
+    figures.plot_accuracy_tokens(twins, tmp_path / "acc.png")
+    (ax,) = drawn[0].axes
+    xs = [tuple(line.get_xdata()) for line in ax.lines if line.get_marker() not in (None, "None", "", "_")]
+    assert len(xs) == 2 and xs[0] != xs[1]
+    assert len({line.get_marker() for line in ax.lines if line.get_marker() not in ("None", "_")}) == 2
+    assert "latent steps" in ax.get_xlabel()
+    assert [t.get_text() for t in drawn[0].legends[0].get_texts()] == ["icot_si", "no_cot"]
 
 
 def test_real_benchmarks_get_the_published_numbers_beside_ours(runs, tmp_path):
@@ -77,8 +182,8 @@ def test_real_benchmarks_get_the_published_numbers_beside_ours(runs, tmp_path):
         evals.append(str(path))
     run(ReportConfig(thought_examples=0), evals, str(tmp_path / "r"))
     md = (tmp_path / "r" / "report.md").read_text()
-    table = md.split("## Paper-style table")[1]
-    assert table.index("gsm8k % (95% CI)") < table.index("svamp % (95% CI)")   # the papers' column order
+    table = md.split("## Results")[1]
+    assert table.index("| gsm8k | lori |") < table.index("| svamp | lori |")   # the papers' benchmark order
     assert "## Published numbers (other base models)" in md and "| GPT-2 small | codi | 43.7 | 9.9 | 42.9 |" in md
 
 

@@ -1,15 +1,17 @@
-"""The report's comparison tables (lori.analysis.tables): seeds grouped, pooled CIs, cost, ablations."""
+"""The report's tables (lori.analysis.tables): one results table (seeds grouped, pooled CIs, tokens per
+benchmark, cost), ablations, published numbers."""
 from __future__ import annotations
 
 import pytest
 
 from lori.analysis.stats import wilson_interval
-from lori.analysis.tables import ablation_table, methods_table, paper_table, training_cost
+from lori.analysis.tables import ablation_table, results_table, training_cost
 
 
-def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int | None = None) -> dict:
+def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int | None = None,
+            tokens: float = 3.0, latent: int = 0) -> dict:
     s = {"method": student, "bench": bench, "n": n, "correct": correct, "accuracy": correct / n,
-         "generated_tokens": 3.0, "latency_s": 0.002}
+         "generated_tokens": tokens, "latent_steps": latent, "latency_s": 0.002}
     if shuffled is not None:
         s["thought_shuffle"] = {"accuracy": shuffled / n, "drop": (correct - shuffled) / n}
     return s
@@ -18,29 +20,52 @@ def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int 
 def test_seeds_are_grouped_with_mean_sd_and_pooled_ci():
     summaries = [summary("lori", "test", 20, shuffled=10), summary("lori-seed1", "test", 30, shuffled=14),
                  summary("lori-seed2", "test", 25, shuffled=12), summary("no_cot", "test", 9)]
-    header, rows = methods_table(summaries, {})
-    by = {r[0]: dict(zip(header, r)) for r in rows}
+    header, rows = results_table(summaries, {})
+    by = {r[1]: dict(zip(header, r)) for r in rows}
     assert set(by) == {"lori", "no_cot"}
-    assert by["lori"]["seeds"] == "3"
+    assert by["lori"]["seeds"] == "3" and by["lori"]["n"] == "100"
     assert by["lori"]["accuracy %"] == "25.0 ± 5.0"          # mean 25, sample sd 5
     lo, hi = wilson_interval(75, 300)
     assert by["lori"]["95% CI (pooled)"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
-    assert by["lori"]["shuffled thoughts %"] == "12.0 ± 2.0 (drop 13.0)"
-    assert by["no_cot"]["accuracy %"] == "9.0" and by["no_cot"]["shuffled thoughts %"] == "—"
+    assert by["lori"]["shuffled-thought drop (points)"] == "13.0 ± 3.0"    # drops 10, 16, 13
+    assert by["no_cot"]["accuracy %"] == "9.0" and by["no_cot"]["shuffled-thought drop (points)"] == "—"
     assert by["no_cot"]["train steps"] == "—"
+
+
+def test_one_row_per_method_and_benchmark_with_its_own_tokens():
+    summaries = [summary("lori", "svamp", 30, tokens=4.0, latent=6), summary("lori", "gsm8k", 20, tokens=2.0, latent=6),
+                 summary("lori-seed1", "gsm8k", 30, tokens=3.0, latent=6), summary("codi", "gsm8k", 10),
+                 summary("cot_sft", "gsm8k", 50, tokens=40.0), summary("cot_sft", "svamp", 60, tokens=25.0),
+                 summary("lori_k3", "gsm8k", 5), summary("cot_sft", "extra", 1)]
+    header, rows = results_table(summaries, {}, bench_order=("gsm8k", "gsm_hard", "svamp"))
+    # benchmarks in the papers' order, methods in theirs within each, variants last
+    assert [(r[0], r[1]) for r in rows] == [("gsm8k", "cot_sft"), ("gsm8k", "codi"), ("gsm8k", "lori"),
+                                            ("gsm8k", "lori_k3"), ("svamp", "cot_sft"), ("svamp", "lori"),
+                                            ("extra", "cot_sft")]
+    by = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+    # tokens are the benchmark's own, never averaged over benchmarks
+    assert by[("gsm8k", "cot_sft")]["generated tokens"] == "40.0" and by[("svamp", "cot_sft")]["generated tokens"] == "25.0"
+    assert by[("gsm8k", "lori")]["generated tokens"] == "2.5" and by[("svamp", "lori")]["generated tokens"] == "4.0"
+    assert by[("gsm8k", "lori")]["latent steps"] == "6" and by[("gsm8k", "codi")]["latent steps"] == "0"
+    lo, hi = wilson_interval(50, 200)
+    assert by[("gsm8k", "lori")]["accuracy %"] == "25.0 ± 7.1"
+    assert by[("gsm8k", "lori")]["95% CI (pooled)"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert by[("gsm8k", "lori")]["seeds"] == "2" and by[("svamp", "lori")]["seeds"] == "1"
+    assert by[("gsm8k", "cot_sft")]["ms / problem"] == "2.00"
 
 
 def test_training_cost_sums_flops_over_log_windows():
     rows = [{"step": 50, "flops": 2.0, "sec_per_step": 0.2}, {"step": 100, "flops": 4.0, "sec_per_step": 0.3}]
     assert training_cost(rows) == {"steps": 100, "wall_s": pytest.approx(30.0), "flops": pytest.approx(300.0)}
     assert "flops" not in training_cost([{"step": 10, "sec_per_step": 1.0}])
+    assert training_cost([{"step": 3}]) == {"steps": 3}           # no speed logged: no wall time, not NaN
     assert training_cost([]) == {}
 
 
 def test_cost_columns_average_over_seeds():
     metrics = {"lori": [{"step": 10, "flops": 1e15, "sec_per_step": 1.0}],
                "lori-seed1": [{"step": 10, "flops": 3e15, "sec_per_step": 2.0}]}
-    header, rows = methods_table([summary("lori", "t", 1), summary("lori-seed1", "t", 2)], metrics)
+    header, rows = results_table([summary("lori", "t", 1), summary("lori-seed1", "t", 2)], metrics)
     row = dict(zip(header, rows[0]))
     assert row["train steps"] == "10" and row["train wall s"] == "15" and row["train PFLOPs"] == "20"
 
@@ -57,22 +82,6 @@ def test_ablation_rows_compare_to_the_plain_method():
     assert by["lori_no_cov"]["changes"] == "w_cov=0.0" and by["lori_no_cov"]["Δ points"] == "-7.0"
     assert by["lori_no_cov"]["method accuracy %"] == "25.0 ± 7.1"
     assert by["lori_k3"]["Δ points"] == "+15.0"
-
-
-def test_paper_table_is_method_by_benchmark_in_paper_order():
-    summaries = [summary("lori", "svamp", 30), summary("lori", "gsm8k", 20), summary("lori-seed1", "gsm8k", 30),
-                 summary("codi", "gsm8k", 10), summary("cot_sft", "gsm8k", 50), summary("cot_sft", "svamp", 60),
-                 summary("lori_k3", "gsm8k", 5), summary("cot_sft", "extra", 1)]
-    header, rows = paper_table(summaries, bench_order=("gsm8k", "gsm_hard", "svamp"))
-    assert header == ["method", "seeds", "gsm8k % (95% CI)", "svamp % (95% CI)", "extra % (95% CI)",
-                      "generated tokens", "ms / problem"]
-    assert [r[0] for r in rows] == ["cot_sft", "codi", "lori", "lori_k3"]   # paper order, then variants
-    by = {r[0]: dict(zip(header, r)) for r in rows}
-    lo, hi = wilson_interval(50, 200)
-    assert by["lori"]["gsm8k % (95% CI)"] == f"25.0 ± 7.1 [{100 * lo:.1f}, {100 * hi:.1f}]"
-    assert by["lori"]["seeds"] == "2" and by["lori"]["extra % (95% CI)"] == "—"
-    assert by["codi"]["svamp % (95% CI)"] == "—" and by["codi"]["seeds"] == "1"
-    assert by["cot_sft"]["generated tokens"] == "3.0" and by["cot_sft"]["ms / problem"] == "2.00"
 
 
 def test_published_table_cites_every_number():

@@ -1,4 +1,4 @@
-"""`lori thoughts`: each latent thought read by the logit lens and by nearest embeddings, beside the teacher's CoT."""
+"""`lori thoughts`: each latent thought read by the logit lens and by nearest embeddings, after the teacher's whole CoT."""
 from __future__ import annotations
 
 import json
@@ -71,15 +71,20 @@ def test_all_layers_and_norm(student):
     torch.testing.assert_close(logit_lens(s.model, h, after_norm=False), expect)
 
 
-def test_cli_prints_thoughts_beside_the_teacher_cot(run, capsys):
+def test_cli_prints_the_teacher_cot_once_then_the_thoughts(run, capsys):
     rec = read_records(run / "data" / "test.jsonl")[1]
     lori_main(["thoughts", "--run", str(run), "--method", "lori", "--example", rec.id, "--top-k", "3"])
     out = capsys.readouterr().out
     assert out.startswith(f"example {rec.id}: {rec.question}")
-    assert f"teacher CoT ({run / 'eval' / 'cot_sft' / 'test.jsonl'}): {rec.cot} #### {rec.answer}" in out
+    cot_line = f"teacher CoT ({run / 'eval' / 'cot_sft' / 'test.jsonl'}): {rec.cot} #### {rec.answer}"
+    assert cot_line in out
+    # the CoT whole and once, then the thoughts: no step printed beside a thought (the method pairs none)
+    for step in rec.steps:
+        assert out.count(step) == 1 and out.index(step) < out.index("latent thoughts")
     rows = [l for l in out.splitlines() if l.split("|")[0].strip() in ("1", "2")]
-    assert len(rows) == 2 and rows[0].split("|")[3].strip() == rec.steps[0]
+    assert len(rows) == 2 and all(len(r.split("|")) == 3 for r in rows)        # thought, lens, embeddings
     assert rows[0].split("|")[1].count(":") == 3                       # top-3 lens tokens with probabilities
+    assert "teacher step" not in out
     main(["--run", run.name, "--results", str(run.parent), "--example", rec.id, "--json", "--layers"])
     obj = json.loads(capsys.readouterr().out)
     assert obj["example_id"] == rec.id and len(obj["thoughts"]) == 2 and len(obj["thoughts"][0]["layers"]) == 3

@@ -6,6 +6,7 @@
 - :mod:`~lori.analysis.figures`: every figure (matplotlib, imported on first use);
 - :mod:`~lori.analysis.render`: Markdown / self-contained HTML pages;
 - :mod:`~lori.analysis.runs`: finding a run and reading its artifacts;
+- :mod:`~lori.analysis.provenance`: where a run's numbers come from (commit, config hash, versions, machine);
 - :mod:`~lori.analysis.logit_lens`: decoding latent thoughts (the only module here that needs torch).
 
 No module here imports a stage.

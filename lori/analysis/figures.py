@@ -3,7 +3,7 @@
 - :func:`plot_spectrum`: energy vs rank per mode of the factors store, chosen rank marked;
 - :func:`plot_effective_rank`: per-example effective rank and energy kept vs CoT length;
 - :func:`plot_training`: loss curves, one panel per loss term, one line per method;
-- :func:`plot_accuracy_tokens`: accuracy (Wilson 95% CI) vs generated tokens, every method and benchmark;
+- :func:`plot_accuracy_tokens`: accuracy (Wilson 95% CI) vs generated tokens + latent steps, every method and benchmark;
 - :func:`plot_agreement`: per-problem agreement between methods (heatmap per benchmark);
 - :func:`plot_accuracy_compute`: validation accuracy vs training FLOPs and vs training wall time;
 - :func:`plot_placeholder`: a labelled empty figure for one whose data is missing.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lori.analysis.stats import Correctness, conditional_agreement
+from lori.analysis.stats import Correctness, conditional_agreement, wilson_interval
+from lori.analysis.tables import group_by_variant
 from lori.lowrank.maths import energy_curve
 from lori.sweep import split_student
 
@@ -29,13 +30,15 @@ CAPTIONS = {
     "spectrum": "Energy captured vs rank, per mode, of the teacher's CoT trajectories (chosen rank dashed)",
     "effective_rank": "Per-trajectory effective rank, and energy kept by the global factors, vs CoT length",
     "training": "Training losses per term (teacher and students)",
-    "accuracy_vs_tokens": "Accuracy (Wilson 95% CI) vs generated tokens per problem, every method and benchmark",
+    "accuracy_vs_tokens": "Accuracy (seeds pooled, Wilson 95% CI) vs answer cost per problem: generated tokens "
+                          "plus latent steps, every method and benchmark",
     "agreement": "Per-problem agreement: % of A's correct answers that B also gets right (diagonal: accuracy)",
     "accuracy_vs_compute": "Validation accuracy during training vs training FLOPs and vs training wall time "
                            "(validation excluded), every student; the teacher's final CoT accuracy dashed",
 }
-#: metrics columns that are not loss terms (validation rows add the last four)
-NOT_LOSSES = {"step", "lr", "sec_per_step", "val_accuracy", "val_n", "train_s", "flops_total"}
+#: metrics columns that are not loss terms: schedule, speed and cost (validation rows add the last four,
+#: and any other ``val_*`` key)
+NOT_LOSSES = {"step", "lr", "sec_per_step", "flops", "val_accuracy", "val_n", "train_s", "flops_total"}
 
 
 def _pyplot():
@@ -88,40 +91,94 @@ def plot_spectrum(factors: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+#: one marker per method, so points of equal cost and accuracy stay told apart without colour
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def accuracy_points(summaries: list[dict]) -> dict[str, list[dict]]:
+    """``bench -> points``: one per variant (seeds pooled), each ``{"variant", "cost", "accuracy", "lo",
+    "hi", "latent"}`` in %; ``cost`` is generated tokens plus latent steps per problem (a latent thought
+    costs a forward pass, like a token)."""
+    out: dict[str, list[dict]] = {}
+    for (variant, bench), group in group_by_variant(summaries).items():
+        if len(group) == 1:      # one seed: its own numbers (the same Wilson interval)
+            acc, lo, hi = group[0]["accuracy"], group[0]["ci_low"], group[0]["ci_high"]
+        else:
+            correct, n = sum(s["correct"] for s in group), sum(s["n"] for s in group)
+            acc, (lo, hi) = correct / max(n, 1), wilson_interval(correct, n)
+        latent = float(np.mean([s.get("latent_steps", 0) for s in group]))
+        cost = float(np.mean([s["generated_tokens"] for s in group])) + latent
+        out.setdefault(bench, []).append({"variant": variant, "cost": cost, "accuracy": 100 * acc,
+                                          "lo": 100 * lo, "hi": 100 * hi, "latent": latent})
+    return out
+
+
+def _spread(points: list[dict]) -> list[tuple[float, int]]:
+    """``(x, k)`` per point: points of (almost) equal cost and accuracy are pulled apart by ~12% each
+    way on the log axis so no marker hides another, and ``k`` (its rank among them) stacks their
+    labels; the table carries the exact cost."""
+    out = []
+    for p in points:
+        twins = [q for q in points if abs(np.log(max(q["cost"], 1) / max(p["cost"], 1))) < 0.05
+                 and abs(q["accuracy"] - p["accuracy"]) < 4]
+        k = twins.index(p)
+        out.append((max(p["cost"], 1) * 1.12 ** (k - (len(twins) - 1) / 2), k))
+    return out
+
+
 def plot_accuracy_tokens(summaries: list[dict], path: Path) -> None:
-    """Per benchmark, each summary's accuracy with its Wilson CI against its generated tokens (log x)."""
+    """Per benchmark, each variant's accuracy (seeds pooled, Wilson CI) against its answer cost:
+    generated tokens + latent steps per problem (log x). One colour and marker per variant across
+    panels, each point labelled with its variant; the legend sits below the panels."""
     plt = _pyplot()
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    benches = sorted({s["bench"] for s in summaries})
-    methods = sorted({s["method"] for s in summaries})          # one colour per method across panels
-    fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)
+    by_bench = accuracy_points(summaries)
+    benches = sorted(by_bench)
+    variants = sorted({p["variant"] for pts in by_bench.values() for p in pts})
+    style = {v: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, v in enumerate(variants)}
+    latent = {p["variant"] for pts in by_bench.values() for p in pts if p["latent"]}
+    fig, axes = plt.subplots(1, len(benches), figsize=(5 * len(benches), 4.2), squeeze=False)
     for ax, bench in zip(axes[0], benches):
-        for s in sorted((s for s in summaries if s["bench"] == bench), key=lambda s: s["method"]):
-            acc, lo, hi = 100 * s["accuracy"], 100 * s["ci_low"], 100 * s["ci_high"]
-            label = s["method"] + (f" (K={s['latent_steps']:.0f})" if s.get("latent_steps") else "")
-            ax.errorbar([s["generated_tokens"]], [acc], yerr=[[acc - lo], [hi - acc]], fmt="o",
-                        color=f"C{methods.index(s['method'])}", capsize=4, label=label)
+        points = sorted(by_bench[bench], key=lambda p: p["variant"])
+        for p, (x, k) in zip(points, _spread(points)):
+            colour, marker = style[p["variant"]]
+            ax.errorbar([x], [p["accuracy"]], yerr=[[p["accuracy"] - p["lo"]], [p["hi"] - p["accuracy"]]],
+                        fmt=marker, ms=7, mfc="none" if p["latent"] else colour, mew=1.5, color=colour, capsize=3)
+            ax.annotate(p["variant"], (x, p["accuracy"]), xytext=(7, 4 + 10 * k), textcoords="offset points",
+                        fontsize=7, color=colour)
+        ax.margins(x=0.15)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 100)
-        ax.set_xlabel("generated tokens per problem (log)")
+        ax.set_xlabel("generated tokens + latent steps per problem (log)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(bench)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], ls="none", marker=style[v][1], color=style[v][0], mfc="none" if v in latent else None,
+                          mew=1.5, ms=7, label=v) for v in variants]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(variants), 6), fontsize=9, frameon=False,
+               title="hollow: answers after latent steps", title_fontsize=8)
+    rows = math.ceil(len(variants) / 6)
+    fig.tight_layout(rect=(0, 0.08 + 0.05 * rows, 1, 1))
     save_figure(fig, path)
+
+
+def loss_keys(metrics: dict[str, list[dict]]) -> list[str]:
+    """The logged loss terms, main ones first in the objective's order: every numeric column but
+    :data:`NOT_LOSSES` and validation's ``val_*`` (validation accuracy has its own figure)."""
+    logged = {k for rows in metrics.values() for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    losses = {k for k in logged - NOT_LOSSES if not k.startswith("val_")}
+    main = [k for k in ("loss", "task", "reason", "anchor") if k in losses]
+    return main + sorted(losses - set(main))
 
 
 def plot_training(metrics: dict[str, list[dict]], path: Path) -> None:
     """One panel per loss term (total, task, reason and its parts, anchor, ...), one line per method."""
     plt = _pyplot()
-    keys = ["loss", "task", "reason", "anchor"]          # the main terms first, in the objective's order
-    keys += sorted({k for rows in metrics.values() for r in rows for k in r} - NOT_LOSSES - set(keys))
-    keys = [k for k in keys if any(k in r for rows in metrics.values() for r in rows)]
+    keys = loss_keys(metrics)
     cols = min(4, len(keys))
     fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4 * cols, 3.4 * math.ceil(len(keys) / cols)),
                              squeeze=False)
@@ -266,10 +323,10 @@ def draw_figures(folder: Path, summaries: list[dict], factors: dict | None, metr
         plot_effective_rank(factors, folder / "effective_rank.png")
     else:
         missing["effective_rank"] = "no per-example diagnostics in the factors store"
-    if metrics and any(metrics.values()):
+    if loss_keys(metrics):
         plot_training(metrics, folder / "training.png")
     else:
-        missing["training"] = "no training metrics given"
+        missing["training"] = "no training losses given"
     plot_accuracy_tokens(summaries, folder / "accuracy_vs_tokens.png")
     if per_problem:
         plot_agreement(per_problem, folder / "agreement.png")

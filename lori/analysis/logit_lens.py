@@ -9,8 +9,9 @@ never tokens. Two cheap readings of each thought:
 - **nearest embeddings**: the vector actually fed back as the next input (the projection's
   output), compared by cosine with every input-embedding row.
 
-A :class:`ThoughtTrace` puts them beside the student's answer and the teacher's CoT for the same
-problem; :func:`format_trace` (text) and :func:`trace_html` (the report) render it. Used by
+A :class:`ThoughtTrace` holds them with the student's answer and the teacher's CoT for the same
+problem; :func:`format_trace` (text) and :func:`trace_html` (the report) render it: the CoT whole,
+then the thoughts, never thought i beside CoT step i (the method has no such pairing). Used by
 ``lori thoughts`` and by the report's "Latent thoughts" section.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch.nn import functional as F
 from lori.analysis.runs import find_record, teacher_cot_files, teacher_cots
 from lori.artifacts.store import ArtifactError
 from lori.data.answers import is_correct
-from lori.data.records import Record, read_records, split_steps
+from lori.data.records import Record, read_records
 from lori.model.latent import LatentStudent
 from lori.model.sequences import student_batch, student_prompt
 
@@ -173,31 +174,31 @@ def _ranked(items: Ranked) -> str:
 
 
 def format_trace(t: ThoughtTrace) -> str:
-    """Plain-text view: the problem, one row per thought, the teacher's CoT steps beside the thoughts."""
-    steps = split_steps(t.teacher_cot.split("####")[0]) if t.teacher_cot else []
+    """Plain-text view: the problem and answers, the teacher's CoT once and whole, then the student's
+    thoughts as a list. The two are not lined up: the reasoning loss matches statistics of the
+    whole trajectory, not positions (and step anchors, when on, send step j of n to thought
+    ⌈(j+1)K/n⌉ − 1, not to thought j), so thought i beside step i would suggest a pairing the
+    method does not have."""
     lines = [f"example {t.example_id}: {t.question}",
              f"gold {t.gold}; student says {t.prediction.strip()!r} -> {'correct' if t.correct else 'wrong'}",
              f"teacher CoT ({t.teacher_source}): {t.teacher_cot or '(none found)'}", "",
-             "thought | logit lens, last layer (token:prob) | nearest input embeddings (token:cos) | teacher step"]
-    for i, th in enumerate(t.thoughts):
-        lines.append(f"{th.step:>7} | {_ranked(th.lens)} | {_ranked(th.embedding)} | {steps[i] if i < len(steps) else ''}")
+             f"student's {len(t.thoughts)} latent thoughts (not aligned with the CoT's steps):",
+             "thought | logit lens, last layer (token:prob) | nearest input embeddings (token:cos)"]
+    for th in t.thoughts:
+        lines.append(f"{th.step:>7} | {_ranked(th.lens)} | {_ranked(th.embedding)}")
         for layer, ranked in th.layers.items():
             lines.append(f"        layer {layer:>2}: {_ranked(ranked)}")
-    if len(steps) > len(t.thoughts):
-        lines.append(f"        (teacher steps beyond the {len(t.thoughts)} thoughts: {' '.join(steps[len(t.thoughts):])})")
     return "\n".join(lines)
 
 
 def trace_html(t: ThoughtTrace) -> str:
-    """An HTML table of one trace (for the report)."""
+    """One trace for the report: the teacher's CoT whole, then the thoughts' table (not aligned with it)."""
     e = html.escape
-    steps = split_steps(t.teacher_cot.split("####")[0]) if t.teacher_cot else []
-    rows = "".join(
-        f"<tr><td>{th.step}</td><td>{e(_ranked(th.lens))}</td><td>{e(_ranked(th.embedding))}</td>"
-        f"<td>{e(steps[i]) if i < len(steps) else ''}</td></tr>" for i, th in enumerate(t.thoughts))
+    rows = "".join(f"<tr><td>{th.step}</td><td>{e(_ranked(th.lens))}</td><td>{e(_ranked(th.embedding))}</td></tr>"
+                   for th in t.thoughts)
     verdict = "correct" if t.correct else "wrong"
     return (f"<p><b>{e(t.example_id)}</b>: {e(t.question)}<br>gold <b>{e(t.gold)}</b>; student: "
-            f"<code>{e(t.prediction.strip())}</code> ({verdict})<br>teacher CoT: <code>{e(t.teacher_cot or '-')}</code></p>"
+            f"<code>{e(t.prediction.strip())}</code> ({verdict})<br>teacher CoT: <code>{e(t.teacher_cot or '-')}</code>"
+            f"</p><p>the student's {len(t.thoughts)} latent thoughts (not aligned with the CoT's steps):</p>"
             f"<table><thead><tr><th>thought</th><th>logit lens (token:prob)</th><th>nearest embeddings (token:cos)</th>"
-            f"<th>teacher step</th></tr></thead><tbody>{rows}</tbody></table>")
-
+            f"</tr></thead><tbody>{rows}</tbody></table>")

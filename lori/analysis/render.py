@@ -56,6 +56,14 @@ def table_section(title: str, table: Table, note: str = "", note_first: bool = F
     return Section(title, md + "\n\n" + note, page + f"<p>{html.escape(note)}</p>")
 
 
+def facts_section(title: str, facts: Sequence[tuple[str, str]], note: str = "") -> Section:
+    """A short ``label: value`` list (e.g. the provenance block), with an optional paragraph after it."""
+    md = "\n".join(f"- **{k}**: {v}" for k, v in facts) + (f"\n\n{note}" if note else "")
+    page = ("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in facts) + "</ul>"
+            + (f"<p>{html.escape(note)}</p>" if note else ""))
+    return Section(title, md, page)
+
+
 def json_section(title: str, obj: Any) -> Section:
     text = json.dumps(obj, indent=2)
     return Section(title, f"```json\n{text}\n```", f"<pre>{html.escape(text)}</pre>")

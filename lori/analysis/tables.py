@@ -1,5 +1,5 @@
-"""The report's tables: results per student, methods over seeds, training cost, thought-shuffle,
-ablations, per-problem agreement.
+"""The report's tables: one results table (accuracy, thought reliance, answer and training cost per
+method and benchmark), ablations, per-problem agreement, low-rank structure.
 
 Plain functions from evaluation summaries (``eval/<student>/<bench>.json``), training metrics
 (``students/<student>_metrics.jsonl``) and agreement pairs (:func:`lori.analysis.stats.agreement`)
@@ -42,84 +42,74 @@ def training_cost(metrics: list[dict]) -> dict:
     if not metrics:
         return {}
     steps = int(metrics[-1]["step"])
-    cost = {"steps": steps, "wall_s": steps * float(metrics[-1].get("sec_per_step", float("nan")))}
+    cost = {"steps": steps}
+    if "sec_per_step" in metrics[-1]:
+        cost["wall_s"] = steps * float(metrics[-1]["sec_per_step"])
     if all("flops" in r for r in metrics):
         cost["flops"] = total_flops(metrics)
     return cost
 
 
-#: row order of the paper-style table: the explicit-CoT teacher, No-CoT, the baselines, then LoRi
+#: row order within a benchmark: the explicit-CoT teacher, No-CoT, the baselines, then LoRi (the papers' order)
 METHOD_ORDER = ("cot_sft", "no_cot", "icot_si", "coconut", "codi", "lori")
 
 
-PAPER_NOTE = ("Accuracy: mean ± sample sd over seeds [Wilson 95% CI on all seeds' problems pooled]; "
-              "tokens and latency averaged over the benchmarks.")
+RESULTS_NOTE = ("One row per method and benchmark. Accuracy: mean ± sample sd over seeds (one seed: the value); "
+                "the 95% CI is Wilson's on all seeds' problems pooled; n is problems per seed. Shuffled-thought "
+                "drop: accuracy minus the same student's accuracy when answering with another problem's thoughts "
+                "(points; large = it relies on its own thoughts). Generated tokens and latent steps are per "
+                "problem; the cost of an answer is their sum. Training cost per seed: optimizer steps, wall "
+                "seconds and 6 x parameters x positions FLOPs; cot_sft's is the teacher's training.")
 
 
-def paper_table(summaries: list[dict], bench_order: tuple[str, ...] = ()) -> Table:
-    """Method x benchmark, as the papers print it: accuracy mean ± sd over seeds [pooled Wilson 95% CI]
-    per benchmark, then generated tokens and latency averaged over the benchmarks.
+def _ordered(items: list[str], order: tuple[str, ...]) -> list[str]:
+    """``items`` in ``order`` first, the others after in their given order."""
+    return sorted(items, key=lambda x: (order.index(x) if x in order else len(order), items.index(x)))
 
-    Benchmarks in ``bench_order`` come first (in that order), any others after in first-seen order;
-    methods follow :data:`METHOD_ORDER`, sweep variants after them in first-seen order.
+
+def results_table(summaries: list[dict], metrics: dict[str, list[dict]], bench_order: tuple[str, ...] = ()) -> Table:
+    """The report's one accuracy table: a row per variant and benchmark (seeds aggregated) with its
+    accuracy, pooled CI, thought reliance, answer cost (tokens, latent steps, latency) and training cost.
+
+    Benchmarks in ``bench_order`` come first, in that order; within one, methods follow
+    :data:`METHOD_ORDER`, sweep variants after them in first-seen order.
     """
+    header = ["benchmark", "method", "seeds", "n", "accuracy %", "95% CI (pooled)", "shuffled-thought drop (points)",
+              "generated tokens", "latent steps", "ms / problem", "train steps", "train wall s", "train PFLOPs"]
     groups = group_by_variant(summaries)
-    seen_benches = list(dict.fromkeys(b for _, b in groups))
-    benches = [b for b in bench_order if b in seen_benches] + [b for b in seen_benches if b not in bench_order]
-    first_seen = {v: i for i, v in enumerate(dict.fromkeys(v for v, _ in groups))}
-    variants = sorted(first_seen, key=lambda v: (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER),
-                                                 first_seen[v]))
-    header = ["method", "seeds", *(f"{b} % (95% CI)" for b in benches), "generated tokens", "ms / problem"]
+    benches = _ordered(list(dict.fromkeys(b for _, b in groups)), bench_order)
+    variants = _ordered(list(dict.fromkeys(v for v, _ in groups)), METHOD_ORDER)
     rows = []
-    for variant in variants:
-        cells, tokens, latency, seeds = [], [], [], 0
-        for bench in benches:
+    for bench in benches:
+        for variant in variants:
             group = groups.get((variant, bench))
-            if not group:
-                cells.append("—")
-                continue
-            lo, hi = wilson_interval(sum(s["correct"] for s in group), sum(s["n"] for s in group))
-            cells.append(f"{_mean_sd([s['accuracy'] for s in group])} [{_pct(lo)}, {_pct(hi)}]")
-            tokens += [s["generated_tokens"] for s in group]
-            latency += [s["latency_s"] for s in group]
-            seeds = max(seeds, len(group))
-        rows.append([variant, str(seeds), *cells, f"{statistics.mean(tokens):.1f}",
-                     f"{1000 * statistics.mean(latency):.2f}"])
+            if group:
+                rows.append(_result_row(variant, bench, group, metrics))
     return header, rows
 
 
-METHODS_NOTE = ("Accuracy: mean ± standard deviation over seeds (one seed: the value); the CI pools all seeds' "
-                "problems. Shuffled thoughts: the same student answering with another problem's thoughts "
-                "(drop = reliance on its own thoughts). Training cost per seed: optimizer steps, wall seconds, "
-                "and 6 x parameters x positions FLOPs; the teacher (cot_sft) is counted under teacher training.")
+def _result_row(variant: str, bench: str, group: list[dict], metrics: dict[str, list[dict]]) -> list[str]:
+    lo, hi = wilson_interval(sum(s["correct"] for s in group), sum(s["n"] for s in group))
+    drops = [s["thought_shuffle"]["drop"] for s in group if "thought_shuffle" in s]
+    # cot_sft is the teacher: its training metrics are teacher_metrics.jsonl
+    costs = [training_cost(metrics.get("teacher" if s["method"] == "cot_sft" else s["method"], [])) for s in group]
+    costs = [c for c in costs if c]
 
+    def cost_cell(key: str, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
+        values = [c[key] for c in costs if key in c]
+        return fmt.format(statistics.mean(values) / scale) if values else "—"
 
-def methods_table(summaries: list[dict], metrics: dict[str, list[dict]]) -> Table:
-    """One row per variant and benchmark, seeds aggregated, with cost and thought reliance."""
-    header = ["method", "benchmark", "seeds", "accuracy %", "95% CI (pooled)", "shuffled thoughts %",
-              "generated tokens", "ms / problem", "train steps", "train wall s", "train PFLOPs"]
-    rows = []
-    groups = group_by_variant(summaries)
-    for (variant, bench), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        correct, total = sum(s["correct"] for s in group), sum(s["n"] for s in group)
-        lo, hi = wilson_interval(correct, total)
-        shuffled = [s["thought_shuffle"]["accuracy"] for s in group if "thought_shuffle" in s]
-        # cot_sft is the teacher: its training metrics are teacher_metrics.jsonl
-        costs = [training_cost(metrics.get("teacher" if s["method"] == "cot_sft" else s["method"], [])) for s in group]
-        costs = [c for c in costs if c]
+    def mean_cell(key: str, fmt: str, scale: float = 1.0) -> str:
+        values = [s[key] for s in group if key in s]
+        return fmt.format(scale * statistics.mean(values)) if values else "—"
 
-        def cost_cell(key: str, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
-            values = [c[key] for c in costs if key in c]
-            return fmt.format(statistics.mean(values) / scale) if values else "—"
-
-        rows.append([variant, bench, str(len(group)), _mean_sd([s["accuracy"] for s in group]),
-                     f"[{_pct(lo)}, {_pct(hi)}]",
-                     (f"{_mean_sd(shuffled)} (drop {_pct(statistics.mean(s['thought_shuffle']['drop'] for s in group))})"
-                      if len(shuffled) == len(group) else "—"),
-                     f"{statistics.mean(s['generated_tokens'] for s in group):.1f}",
-                     f"{1000 * statistics.mean(s['latency_s'] for s in group):.2f}",
-                     cost_cell("steps"), cost_cell("wall_s"), cost_cell("flops", 1e15, "{:.3g}")])
-    return header, rows
+    return [bench, variant, str(len(group)), "/".join(dict.fromkeys(str(s["n"]) for s in group)),
+            _mean_sd([s["accuracy"] for s in group]), f"[{_pct(lo)}, {_pct(hi)}]",
+            # a drop only when every seed measured one: a mean over some seeds would mislead
+            _mean_sd(drops) if drops and len(drops) == len(group) else "—",
+            mean_cell("generated_tokens", "{:.1f}"), mean_cell("latent_steps", "{:.0f}"),
+            mean_cell("latency_s", "{:.2f}", 1000), cost_cell("steps"), cost_cell("wall_s"),
+            cost_cell("flops", 1e15, "{:.3g}")]
 
 
 def ablation_table(summaries: list[dict], sweep: dict[str, dict]) -> Table:
@@ -139,17 +129,6 @@ def ablation_table(summaries: list[dict], sweep: dict[str, dict]) -> Table:
             rows.append([name, method, changes.replace("'", ""), bench, _mean_sd([s["accuracy"] for s in group]),
                          _mean_sd([s["accuracy"] for s in base]) if base else "—",
                          f"{100 * (acc - base_acc):+.1f}" if base_acc is not None else "—"])
-    return header, rows
-
-
-def results_table(summaries: list[dict]) -> Table:
-    """One row per evaluated student and benchmark, as the summaries have it."""
-    header = ["method", "benchmark", "accuracy %", "95% CI", "n", "generated tokens", "latent steps", "ms / problem"]
-    rows = []
-    for s in sorted(summaries, key=lambda s: (s["bench"], s["method"])):
-        rows.append([s["method"], s["bench"], f"{100 * s['accuracy']:.1f}",
-                     f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]", str(s["n"]),
-                     f"{s['generated_tokens']:.1f}", f"{s['latent_steps']:.0f}", f"{1000 * s['latency_s']:.2f}"])
     return header, rows
 
 
