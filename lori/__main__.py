@@ -8,7 +8,9 @@ Looking at results:
                             decode a latent student's thoughts to tokens, beside the teacher's CoT
 
 Pipeline stages (the same as ``python -m lori.<stage> ...``; Snakemake runs these for you):
-  prepare_data, teacher_sft, teacher_cot, dump_hidden, factorize, targets, distill, evaluate, report
+  prepare_data, convert_model, teacher_sft, teacher_cot, dump_hidden, factorize, targets, distill, evaluate, report
+
+  lori --version            the installed lori version
 """
 from __future__ import annotations
 
@@ -21,17 +23,22 @@ COMMANDS = {
     "inspect": "lori.inspect",
     "thoughts": "lori.thoughts",
     "compare": "lori.compare",
-    **{stage: f"lori.{stage}" for stage in ("prepare_data", "teacher_sft", "teacher_cot", "dump_hidden", "factorize",
+    **{stage: f"lori.{stage}" for stage in ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_hidden", "factorize",
                                              "targets", "distill", "evaluate")},
     "report": "lori.report:cli",         # `lori report RUN`; with flags only, the stage CLI
 }
-USAGE = "usage: lori {" + ",".join(COMMANDS) + "} [args]\n\n" + __doc__.strip()
+USAGE = "usage: lori [--version] {" + ",".join(COMMANDS) + "} [args]\n\n" + __doc__.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if argv[0] == "--version":
+        import lori
+
+        print(f"lori {lori.__version__}")
         return
     if argv[0] not in COMMANDS:
         print(f"lori: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)

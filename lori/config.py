@@ -23,7 +23,6 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-import jsonschema
 import yaml
 
 from lori.sweep import check_sweep, parse_lowrank_tag, student_config, student_runs
@@ -45,6 +44,8 @@ def load_schema() -> dict:
 
 
 def _validator_with_defaults():
+    import jsonschema   # here, not at the top: a stage's --help never validates, and this import is slow
+
     base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
@@ -267,12 +268,108 @@ def _converter(tp: Any):
     return convert, base is bool
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+def _resolve(schema: dict, node: dict) -> dict:
+    """``node`` with its ``$ref`` merged in (the node's own keys win, e.g. a section's default)."""
+    while isinstance(node, dict) and "$ref" in node:
+        target: Any = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _schema_keys(schema: dict) -> dict[str, list[tuple[str, dict]]]:
+    """Every property of the schema by name: ``[(dotted path, resolved subschema), ...]``."""
+    found: dict[str, list[tuple[str, dict]]] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, sub in (node.get("properties") or {}).items():
+            sub = _resolve(schema, sub)
+            found.setdefault(name, []).append((f"{path}.{name}".lstrip("."), sub))
+            walk(sub, f"{path}.{name}")
+        for name, sub in (node.get("$defs") or {}).items():
+            walk(_resolve(schema, sub), f"$defs.{name}")
+
+    walk(schema, "")
+    return found
+
+
+# where a stage's flags live in the config when not under its own section (stage_args maps them)
+_HELP_SECTIONS = {"prepare_data": ("$defs.dataset", "data.quickstart"), "convert_model": ("model",),
+                  "teacher_sft": ("model", "runtime"), "distill": ("distill.common", "$defs.method", "$defs.codi",
+                                                                   "$defs.coconut", "$defs.icot_si", "$defs.variant",
+                                                                   "runtime")}
+_ALIASES = {("convert_model", "src"): "name_or_path"}     # stage_args renames these config keys
+
+
+def schema_help(stage: str | None, name: str) -> tuple[str, list | None]:
+    """``(description, enum)`` of the config key behind flag ``name`` of ``stage``: its entry in the
+    stage's own section(s), else the top-level key, else the only entry of that name. Never a
+    same-named key of another section (``seed`` of a dataset is not the run's seed)."""
+    entries = _schema_keys(load_schema()).get(_ALIASES.get((stage, name), name), [])
+    sections = (stage or "", *_HELP_SECTIONS.get(stage or "", ()))
+
+    def rank(entry: tuple[str, dict]) -> int:
+        path = entry[0]
+        return next((i for i, s in enumerate(sections) if s and path.startswith(s + ".")),
+                    len(sections) if "." not in path else len(sections) + 1)
+
+    entries = sorted(entries, key=rank)
+    if not entries or (rank(entries[0]) > len(sections) and len(entries) > 1):
+        return "", None
+    best = entries[0][1]
+    return " ".join(best.get("description", "").split()), best.get("enum")
+
+
+def _values_text(tp: Any, enum: list | None) -> str:
+    """The values a flag takes, for its help: the schema's enum, a Literal's, or the type."""
+    base, optional = _strip_optional(tp)
+    if enum is None and typing.get_origin(base) is typing.Literal:
+        enum = list(typing.get_args(base))
+    if enum is not None:
+        text = " | ".join(map(str, enum))
+    elif base is bool:
+        text = "true | false"
+    elif base in (int, float, str):
+        text = base.__name__
+    else:
+        text = "YAML/JSON"
+    return text + (" | none" if optional and "none" not in text else "")
+
+
+def value_text(value: Any) -> str:
+    """A default as a flag would spell it: ``none``, ``true``, ``[0.9, 0.98]``, ``0.001``."""
+    if value is None:
+        return "none"
+    return json.dumps(value) if isinstance(value, (list, dict, tuple, bool)) else str(value)
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if "default_text" in f.metadata:       # e.g. distill's method knobs: each method's own default
+        return f.metadata["default_text"]
+    if f.default is not dataclasses.MISSING:
+        return value_text(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return value_text(f.default_factory())
+    return "required"
+
+
+def field_help(stage: str | None, f: dataclasses.Field, tp: Any) -> str:
+    """One line for a knob's flag: the schema's description, its values and its default."""
+    description, enum = schema_help(stage, f.name)
+    description = description or f.metadata.get("help", "")
+    values = f"{_values_text(tp, enum)}; default: {_default_text(f)}"
+    return (f"{description} ({values})" if description else values).replace("%", "%%")   # argparse formats help
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, stage: str | None = None) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         conv, is_bool = _converter(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        kw: dict = {"dest": f.name, "type": conv, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        kw: dict = {"dest": f.name, "type": conv, "default": argparse.SUPPRESS, "help": field_help(stage, f, hints[f.name])}
         if is_bool:
             kw.update(nargs="?", const=True)
         parser.add_argument(flag, **kw)
@@ -321,9 +418,10 @@ def parse_stage_args(cls: type[T], argv: Sequence[str] | None, description: str,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, help_ in paths:
         required = not help_.startswith("(optional)")
-        parser.add_argument(flag, required=required, help=help_)
-    parser.add_argument("--config", help="full pipeline config YAML; its section for this stage gives defaults")
-    add_dataclass_args(parser, cls)
+        parser.add_argument(flag, required=required, help=help_ + ("; required" if required else "; default: none"))
+    parser.add_argument("--config", help="full pipeline config YAML; its section for this stage gives the defaults "
+                                         "below, flags override them; default: none")
+    add_dataclass_args(parser, cls, stage)
     ns = parser.parse_args(argv)
     values: dict = {}
     if ns.config and stage is not None:

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from lori.cli import stage_main, stage_summary
-from lori.model.loading import load_pretrained, num_params, resolve_model_source, save_checkpoint
 
 log = logging.getLogger("lori.convert_model")
 
@@ -37,6 +36,9 @@ class ConvertModelConfig:
 
 
 def run(cfg: ConvertModelConfig, out: str) -> dict:
+    # here, not at the top: `--help` must not wait for torch
+    from lori.model.loading import load_pretrained, num_params, resolve_model_source, save_checkpoint
+
     model, tokenizer = load_pretrained(cfg.src, cfg.gguf_file, cfg.trust_remote_code)
     info = {**asdict(cfg), "resolved": resolve_model_source(cfg.src), "architecture": type(model).__name__,
             "parameters": num_params(model), "vocab": len(tokenizer)}

@@ -1,4 +1,4 @@
-"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``) with the shared loop.
+r"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``) with the shared loop.
 
 Each method is a recipe (:mod:`lori.training.recipes`): its typed knobs
 (:mod:`lori.training.recipes.args`, with the papers' defaults) and its loss step, one module per
@@ -40,6 +40,7 @@ from lori.artifacts.factors import check_factors_fit, load_factors
 from lori.artifacts.store import ArtifactError
 from lori.artifacts.targets import check_targets_match_factors, read_targets
 from lori.cli import stage_main, stage_summary
+from lori.config import value_text
 from lori.data.records import BOT, EOT, check_training_records, read_records
 from lori.lowrank.maths import Factors
 from lori.model.latent import LatentStudent
@@ -71,8 +72,18 @@ def _method_knobs() -> list[tuple[str, object, dataclasses.Field]]:
     out = []
     for name in ALL_KNOBS:
         cls = next(c for c in ARGS.values() if name in {f.name for f in dataclasses.fields(c)})
-        out.append((name, typing.Optional[typing.get_type_hints(cls)[name]], dataclasses.field(default=UNSET)))
+        out.append((name, typing.Optional[typing.get_type_hints(cls)[name]],
+                    dataclasses.field(default=UNSET, metadata={"default_text": _knob_defaults(name)})))
     return out
+
+
+def _knob_defaults(name: str) -> str:
+    """A knob's default per method that reads it, for --help: ``6`` or ``lori 6, coconut 2 x 3``."""
+    defaults = {method: field.default for method, cls in ARGS.items() for field in dataclasses.fields(cls)
+                if field.name == name and field.default is not dataclasses.MISSING}
+    if len(set(map(repr, defaults.values()))) == 1:
+        return f"{value_text(next(iter(defaults.values())))} ({', '.join(defaults)})"
+    return ", ".join(f"{method} {value_text(value)}" for method, value in defaults.items())
 
 
 def _post_init(self) -> None:

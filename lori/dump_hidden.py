@@ -1,4 +1,4 @@
-"""Stage ``dump_hidden``: full-resolution teacher states of a calibration set -> Zarr.
+r"""Stage ``dump_hidden``: full-resolution teacher states of a calibration set -> Zarr.
 
 Reads the teacher checkpoint and ``teacher_cot/train.jsonl`` (the first
 ``--calibration-size`` examples); writes ``hidden/calib.zarr``, the hidden store

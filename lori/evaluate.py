@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: one method on one benchmark, greedy decoding.
+r"""Stage ``evaluate``: one method on one benchmark, greedy decoding.
 
 ``cot_sft`` is the teacher (writes its CoT); students think in latent steps (or not at all)
 and then answer. Writes ``eval/<method>/<bench>.jsonl`` (one line per problem: id,

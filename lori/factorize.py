@@ -1,4 +1,4 @@
-"""Stage ``factorize``: mode-Gram factorization of the dumped teacher trajectories.
+r"""Stage ``factorize``: mode-Gram factorization of the dumped teacher trajectories.
 
 Reads ``hidden/<split>.zarr`` (``states [token, layer, hidden]``, ``offsets``; :mod:`lori.artifacts.hidden`)
 in streamed passes (:mod:`lori.lowrank.passes`: moments, Grams, optional HOOI refinement, per-example

@@ -1,4 +1,4 @@
-"""Stage ``prepare_data``: one dataset split -> ``results/<run>/data/<split>.jsonl``.
+r"""Stage ``prepare_data``: one dataset split -> ``results/<run>/data/<split>.jsonl``.
 
 Reads a dataset spec (``data.train`` or ``data.benchmarks.<name>`` of the config) and writes
 normalised records (:class:`lori.data.records.Record`, one JSON per line). One rule instance per

@@ -1,4 +1,4 @@
-"""Stage ``targets``: core trajectories and anchors of every training example -> Zarr.
+r"""Stage ``targets``: core trajectories and anchors of every training example -> Zarr.
 
 Reads the teacher, ``teacher_cot/train.jsonl`` and ``lowrank/factors.zarr``; reruns the
 teacher teacher-forced and projects each trajectory on the fly (full states are never
@@ -27,8 +27,6 @@ from lori.artifacts.store import index_summary
 from lori.cli import stage_main, stage_summary
 from lori.config import config_hash
 from lori.data.records import check_training_records, read_records
-from lori.model.loading import load_checkpoint, setup_runtime
-from lori.model.trajectory import teacher_sequences, teacher_states
 
 log = logging.getLogger("lori.targets")
 
@@ -42,6 +40,10 @@ class TargetsConfig:
 
 
 def run(cfg: TargetsConfig, teacher: str, records_path: str, factors_path: str, out: str) -> dict:
+    # here, not at the top: `--help` must not wait for torch
+    from lori.model.loading import load_checkpoint, setup_runtime
+    from lori.model.trajectory import teacher_sequences, teacher_states
+
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     factors, fattrs = load_factors(factors_path)
     model, tokenizer = load_checkpoint(teacher)

@@ -1,4 +1,4 @@
-"""Stage ``teacher_cot``: the teacher writes rationales for the training questions.
+r"""Stage ``teacher_cot``: the teacher writes rationales for the training questions.
 
 Greedy decoding (batched, KV cache, left padding, early stop per sequence; the progress bar
 shows generated tokens/s). With ``--samples k``, questions the greedy rationale gets wrong

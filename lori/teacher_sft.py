@@ -1,4 +1,4 @@
-"""Stage ``teacher_sft``: explicit-CoT supervised fine-tuning of the teacher (= the cot_sft baseline).
+r"""Stage ``teacher_sft``: explicit-CoT supervised fine-tuning of the teacher (= the cot_sft baseline).
 
 Reads ``data/train.jsonl``; writes ``teacher/`` (safetensors + config + tokenizer, HF
 layout; ``train_config.json``) and ``teacher_metrics.jsonl``. The model is built from

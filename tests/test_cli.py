@@ -91,6 +91,86 @@ def test_help_keeps_every_recorded_flag(command, capsys):
     assert not missing, f"lori {command} lost flag(s) {sorted(missing)}"
 
 
+def help_entries(text: str) -> dict[str, str]:
+    """Each flag of a --help's options list -> its help text (continuation lines joined)."""
+    entries, flag = {}, None
+    for line in text[text.index("options:"):].splitlines()[1:]:
+        m = re.match(r"^  (--[\w-]+)(.*)", line)
+        if m:
+            flag = m.group(1)
+            entries[flag] = m.group(2)
+        elif flag and line.startswith("      "):
+            entries[flag] += " " + line.strip()
+    return {f: " ".join(h.split()) for f, h in entries.items() if f != "--help"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_flag_says_its_default_and_values(stage, capsys):
+    entries = help_entries(help_text(stage, capsys))
+    assert entries
+    for flag, text in entries.items():
+        assert re.search(r"(default: \S|required)", text), f"lori {stage} {flag}: no default in {text!r}"
+
+
+def test_flag_help_comes_from_the_schema_and_the_config_dataclass(capsys):
+    factorize = help_entries(help_text("factorize", capsys))
+    assert "hosvd: top eigenvectors of the mode Grams" in factorize["--method"]     # the schema's description
+    assert "hosvd | hooi; default: hosvd" in factorize["--method"]                   # its enum, the dataclass default
+    assert "int | none; default: 2" in factorize["--rank-layer"]
+    assert "true | false; default: true" in factorize["--center"]
+    distill = help_entries(help_text("distill", capsys))
+    assert "default: coconut 200, icot_si 100" in distill["--steps-per-stage"]       # each method's Args default
+    assert "no_cot | lori | codi | coconut | icot_si" in distill["--method"]
+    assert "hosvd" not in distill["--method"]                      # not factorize's key of the same name
+    assert "generator seed" not in distill["--seed"]               # nor a dataset's seed
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_docstring_examples_keep_their_line_breaks(stage, capsys):
+    """A standalone example continued with ``\\`` shows as written, not joined on one line."""
+    doc = importlib.import_module(f"lori.{stage}").__doc__
+    continued = [l.strip() for l in doc.splitlines() if l.rstrip().endswith("\\")]
+    text = help_text(stage, capsys)
+    for line in continued:
+        assert line in text
+    source = Path(importlib.import_module(f"lori.{stage}").__file__).read_text()
+    written = source[: source.index('"""', source.index('"""') + 3)].count("\\\n")
+    assert len(continued) == written, f"lori/{stage}.py: make the docstring raw (r\"\"\"): its \\ joins lines"
+
+
+def test_version_and_every_stage_in_usage(capsys):
+    import lori
+
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lori {lori.__version__}"
+    main([])
+    usage = capsys.readouterr().out.splitlines()[0]
+    for stage in ("convert_model", "prepare_data", "distill", "report"):
+        assert stage in usage
+
+
+# stages whose --help imports neither torch nor transformers; the rest still do at module top
+LIGHT_HELP = ("prepare_data", "convert_model", "factorize", "targets")
+
+
+@pytest.mark.parametrize("stage", LIGHT_HELP)
+def test_stage_help_is_fast_and_torch_free(stage):
+    """``python -m lori.<stage> --help`` in a fresh process: torch is never imported, and the
+    process needs well under a second of CPU (CPU time, not wall: the tests share busy machines;
+    importing torch alone costs several seconds)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", f"lori.{stage}", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert res.returncode == 0 and f"usage: lori {stage}" in res.stdout, res.stderr[-2000:]
+    heavy = set(re.findall(r"\|\s+(torch|transformers|scipy|matplotlib)$", res.stderr, re.M))
+    assert not heavy, f"lori {stage} --help imports {sorted(heavy)}"
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 1.5, f"lori {stage} --help took {cpu:.2f} s of CPU"
+
+
 # Imports each lori module in turn, as the first lori import of a fresh process, and records the
 # HF_HUB_OFFLINE each saw when it reached for the hub libraries (stopped there: no slow import).
 HUB_PROBE = """
