@@ -1,4 +1,4 @@
-"""Evaluate a lori teacher or student with EleutherAI's lm-evaluation-harness (``pip install -e ".[harness]"``).
+r"""Evaluate a lori teacher or student with EleutherAI's lm-evaluation-harness (``pip install -e ".[harness]"``).
 
 Registers the harness model ``lori`` (:class:`LoriLM`): it loads a checkpoint the way ``evaluate``
 does (a student directory, with ``latent.json``, as a latent student; any other as the teacher)

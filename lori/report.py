@@ -1,4 +1,4 @@
-"""Stage ``report``: tables and figures from every evaluation, the factors and training logs.
+r"""Stage ``report``: tables and figures from every evaluation, the factors and training logs.
 
 Writes ``report/report.md``, a self-contained ``report/report.html`` (figures embedded as
 base64 PNG: it opens from a mail attachment, no server, no sibling files) and every figure as
