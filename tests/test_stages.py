@@ -187,8 +187,8 @@ def test_report_files(pipeline):
     for name in ("report.md", "report.html", "spectrum.png", "accuracy_vs_tokens.png", "training.png"):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
-    assert "| lori | test |" in md and "| cot_sft | test |" in md and "Low-rank structure" in md
-    assert "## Methods" in md and "| lori | test | 1 |" in md
+    assert "| test | lori |" in md and "| test | cot_sft |" in md and "Low-rank structure" in md
+    assert "| test | lori | 1 |" in md
 
 
 def test_distill_refuses_targets_from_other_factors(pipeline, tmp_path):
@@ -226,5 +226,5 @@ def test_training_metrics_carry_flops(pipeline):
             positions = r["flops"] / (6 * num_params(model))
             assert positions >= 4 * 5, (key, r)       # >= batch x a short sequence (students add a projection)
     md = (Path(pipeline["report"]) / "report.md").read_text()
-    cot_row = next(l for l in md.splitlines() if l.startswith("| cot_sft | test | 1 |"))
+    cot_row = next(l for l in md.splitlines() if l.startswith("| test | cot_sft | 1 |"))
     assert cot_row.split("|")[-2].strip() != "—"      # the teacher's training PFLOPs

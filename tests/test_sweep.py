@@ -26,7 +26,7 @@ def config_with(**changes) -> dict:
 
 
 def test_one_seed_keeps_plain_names():
-    assert list(student_runs(load_config(DEFAULT_CONFIG))) == ["no_cot", "lori"]
+    assert list(student_runs(load_config(DEFAULT_CONFIG))) == ["no_cot", "lori", "no_cot_flops"]
 
 
 def test_seeds_and_variants_name_every_student():

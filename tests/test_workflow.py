@@ -24,7 +24,8 @@ def test_default_config_dry_run_plans_every_stage(tmp_path):
     assert res.returncode == 0, res.stderr
     jobs = planned_jobs(res)
     assert STAGES <= set(jobs)
-    assert jobs["evaluate"] == 3 * 2 and jobs["distill"] == 2 and jobs["prepare_data"] == 3
+    # cot_sft, no_cot, lori and the FLOPs-matched no_cot_flops, each on 2 benchmarks
+    assert jobs["evaluate"] == 4 * 2 and jobs["distill"] == 3 and jobs["prepare_data"] == 3
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -74,7 +75,7 @@ def test_micro_dag_runs_and_caches(tmp_path):
     match = json.loads((run / "students" / "no_cot_matched" / "train_config.json").read_text())["compute_match"]
     assert match["ref_steps"] == 3 and match["steps"] > 3 and match["steps"] == cfg_steps(run, "no_cot_matched")
     assert "thought_shuffle" in json.loads((run / "eval" / "lori" / "test.json").read_text())
-    assert "| no_cot_matched | test |" in (run / "report" / "report.md").read_text()
+    assert "| test | no_cot_matched |" in (run / "report" / "report.md").read_text()
 
     # a second run has nothing to do
     assert planned_jobs(snakemake(tmp_path, "-n", configfile=MICRO)) == {}
