@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from lori.artifacts.store import atomic_write_text
 from lori.data.answers import extract
@@ -138,19 +138,24 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
 REQUIRED = ("id", "question", "steps", "answer")
 
 
+def jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of a jsonl file; errors name file and line."""
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_records(path: str | Path) -> list[Record]:
     """Read records written by :func:`write_records`; errors name file and line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data file (run the prepare_data stage first)")
     records, seen = [], set()
-    for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_objects(path):
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         missing = [k for k in REQUIRED if k not in obj]

@@ -34,7 +34,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from lori.data.records import (ANSWER_SEP, COT_SEP, DataError, Record, parse_aug_line, read_text, split_steps, text_lines,
+from lori.data.records import (ANSWER_SEP, COT_SEP, DataError, Record, jsonl_objects, parse_aug_line, read_text, split_steps,
+                               text_lines,
                                unclosed_equation)
 from lori.hub import offline_hint
 
@@ -58,13 +59,7 @@ def parse_hub_spec(source: str, default_split: str) -> tuple[str, str | None, st
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_objects(path):
         yield f"{path}:{lineno}", obj
 
 
