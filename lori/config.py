@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import shlex
@@ -296,6 +297,13 @@ def _schema_keys(schema: dict) -> dict[str, list[tuple[str, dict]]]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
+def _help_index() -> dict[str, list[tuple[str, dict]]]:
+    """:func:`_schema_keys` of the shipped schema, parsed once per process: a stage's ``--help``
+    asks it for every flag, and parsing the YAML for each one made ``lori distill --help`` take seconds."""
+    return _schema_keys(load_schema())
+
+
 # where a stage's flags live in the config when not under its own section (stage_args maps them)
 _HELP_SECTIONS = {"prepare_data": ("$defs.dataset", "data.quickstart"), "convert_model": ("model",),
                   "teacher_sft": ("model", "runtime"), "distill": ("distill.common", "$defs.method", "$defs.codi",
@@ -308,7 +316,7 @@ def schema_help(stage: str | None, name: str) -> tuple[str, list | None]:
     """``(description, enum)`` of the config key behind flag ``name`` of ``stage``: its entry in the
     stage's own section(s), else the top-level key, else the only entry of that name. Never a
     same-named key of another section (``seed`` of a dataset is not the run's seed)."""
-    entries = _schema_keys(load_schema()).get(_ALIASES.get((stage, name), name), [])
+    entries = _help_index().get(_ALIASES.get((stage, name), name), [])
     sections = (stage or "", *_HELP_SECTIONS.get(stage or "", ()))
 
     def rank(entry: tuple[str, dict]) -> int:

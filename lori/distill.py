@@ -32,9 +32,7 @@ import logging
 import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
-
-from transformers import AutoModelForCausalLM
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from lori.artifacts.factors import check_factors_fit, load_factors
 from lori.artifacts.store import ArtifactError
@@ -43,16 +41,15 @@ from lori.cli import stage_main, stage_summary
 from lori.config import value_text
 from lori.data.records import BOT, EOT, check_training_records, read_records
 from lori.lowrank.maths import Factors
-from lori.model.latent import LatentStudent
-from lori.model.loading import load_checkpoint, num_params, setup_runtime
 from lori.sweep import matched_steps
-from lori.training.distributed import cleanup, init_distributed, unsharded
-from lori.training.lora import add_lora, merge_lora
-from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
+from lori.training.options import OptimConfig
 from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
-from lori.training.recipes.lori import TeacherTargets, record_step_lengths
-from lori.training.recipes.registry import RECIPES, RecipeContext
-from lori.training.validation import validation_evaluator
+
+# torch, transformers and the model/training modules are imported in the functions that use them:
+# `--help` (built from DistillConfig) must not wait for torch
+if TYPE_CHECKING:
+    from lori.model.latent import LatentStudent
+    from lori.training.recipes.lori import TeacherTargets
 
 log = logging.getLogger("lori.distill")
 
@@ -104,6 +101,11 @@ DistillConfig = dataclasses.make_dataclass(
 
 
 def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, object]:
+    from transformers import AutoModelForCausalLM
+
+    from lori.model.latent import LatentStudent
+    from lori.model.loading import load_checkpoint
+
     model, tokenizer = load_checkpoint(teacher)
     if cfg.init == "base":
         model = AutoModelForCausalLM.from_config(model.config)
@@ -114,6 +116,10 @@ def build_student(cfg: DistillConfig, teacher: str) -> tuple[LatentStudent, obje
 
 def plain_student_like(student: LatentStudent) -> LatentStudent:
     """A fresh, unsharded student of the same architecture (to receive FSDP-gathered weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from lori.model.latent import LatentStudent
+
     return LatentStudent(AutoModelForCausalLM.from_config(student.model.config), student.latent_steps,
                          student.bot_id, student.eot_id, feedback=student.feedback)
 
@@ -121,6 +127,8 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
 def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factors_path: str | None, records,
                             student: LatentStudent, tokenizer, teacher: str, device) -> tuple[TeacherTargets, Factors]:
     """(targets, factors) on ``device`` for a student that reads them, checked against each other."""
+    from lori.training.recipes.lori import TeacherTargets, record_step_lengths
+
     if not (targets_path and factors_path):
         raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
     factors, factors_attrs = load_factors(factors_path)
@@ -144,6 +152,13 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     """Train one student. ``match = (ref_metrics, base_metrics, by)`` sets ``cfg.steps`` so the
     student gets the ref student's training compute (:func:`lori.sweep.matched_steps`). ``val``:
     validation records, evaluated every ``cfg.eval_every`` steps (:mod:`lori.training.validation`)."""
+    from lori.model.loading import num_params, setup_runtime
+    from lori.training.distributed import cleanup, init_distributed, unsharded
+    from lori.training.loop import checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance
+    from lori.training.lora import add_lora, merge_lora
+    from lori.training.recipes.registry import RECIPES, RecipeContext
+    from lori.training.validation import validation_evaluator
+
     matched = None
     if match is not None:
         try:

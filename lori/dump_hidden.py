@@ -44,10 +44,9 @@ from lori.cli import stage_main, stage_summary
 from lori.config import ConfigError, config_hash
 from lori.data.records import Record, check_training_records, read_records
 from lori.lowrank.maths import select_layers
-from lori.model.loading import load_checkpoint, setup_runtime
-from lori.model.trajectory import teacher_sequences, teacher_states
-from lori.training.distributed import barrier, cleanup, init_distributed
-from lori.training.loop import fingerprint
+
+# lori.model and lori.training (torch) are imported in the functions that use them: `--help` must
+# not wait for torch
 
 log = logging.getLogger("lori.dump_hidden")
 
@@ -97,6 +96,8 @@ def calibration_records(cfg: DumpHiddenConfig, records_path: str) -> list[Record
 
 def inputs_id(teacher: str, records_path: str) -> str:
     """Identity (names, sizes, mtimes) of the dump's inputs: shard stores of other inputs are stale."""
+    from lori.training.loop import fingerprint
+
     return fingerprint(str(teacher), str(records_path))
 
 
@@ -110,6 +111,8 @@ def base_attrs(cfg: DumpHiddenConfig, teacher: str, records_path: str) -> dict:
 def dump_trajectories(out: str | Path, model, tokenizer, records: list[Record], layers: list[int], batch_size: int,
                       device, attrs: dict) -> dict:
     """Stream the teacher's trajectories of ``records`` into a hidden store at ``out``."""
+    from lori.model.trajectory import teacher_sequences, teacher_states
+
     sequences, offsets = teacher_sequences(tokenizer, records)
     with hidden.create(out, offsets, [r.id for r in records], layers, model.config.hidden_size, attrs) as writer:
         for first, states, anchors in teacher_states(model, tokenizer, sequences, layers, batch_size, device):
@@ -120,6 +123,9 @@ def dump_trajectories(out: str | Path, model, tokenizer, records: list[Record], 
 def dump_examples(cfg: DumpHiddenConfig, teacher: str, records_path: str, records: list[Record], lo: int, hi: int,
                   out: str, extra_attrs: dict | None = None) -> dict:
     """Dump examples ``records[lo:hi]`` to ``out`` (one process, or every rank of a torchrun job)."""
+    from lori.model.loading import load_checkpoint, setup_runtime
+    from lori.training.distributed import barrier, cleanup, init_distributed
+
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)
     model, tokenizer = load_checkpoint(teacher)

@@ -22,9 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 import lori
 from lori.analysis.stats import wilson_interval
@@ -33,11 +31,11 @@ from lori.cli import stage_main, stage_summary
 from lori.config import config_hash
 from lori.data.answers import is_correct
 from lori.data.records import iter_batches, read_records
-from lori.model.answer import answer_rows
-from lori.model.latent import LatentStudent
-from lori.model.loading import load_checkpoint, setup_runtime
-from lori.model.sequences import student_batch
 from lori.progress import tqdm  # tqdm that also writes lines into log files
+
+# torch and lori.model are imported in the functions that use them: `--help` must not wait for torch
+if TYPE_CHECKING:
+    from lori.model.latent import LatentStudent
 
 log = logging.getLogger("lori.evaluate")
 
@@ -69,6 +67,8 @@ def derangement(n: int, seed: int) -> list[int]:
     """A seeded permutation with no fixed point (n >= 2): each problem gets another's thoughts."""
     if n < 2:
         raise ValueError(f"the thought-shuffle test needs at least 2 problems, got {n}")
+    import torch
+
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     perm = [0] * n
     for i, j in enumerate(order):
@@ -78,6 +78,10 @@ def derangement(n: int, seed: int) -> list[int]:
 
 def shuffled_correct(student: LatentStudent, tokenizer, records: list, cfg: EvaluateConfig, device) -> list[bool]:
     """Answers with thoughts taken from other problems; one ``correct`` flag per record."""
+    import torch
+
+    from lori.model.sequences import student_batch
+
     batches = list(iter_batches(records, cfg.batch_size))
     inputs = torch.cat([student.thought_inputs(student_batch(tokenizer, b, student.latent_steps).to(device)).cpu()
                         for b in tqdm(batches, desc="thought-shuffle: thoughts", mininterval=5, disable=None)])
@@ -93,6 +97,10 @@ def shuffled_correct(student: LatentStudent, tokenizer, records: list, cfg: Eval
 
 
 def run(cfg: EvaluateConfig, model_path: str, data: str, out: str, summary_path: str | None = None) -> dict:
+    from lori.model.answer import answer_rows
+    from lori.model.latent import LatentStudent
+    from lori.model.loading import load_checkpoint, setup_runtime
+
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     records = read_records(data)
     if cfg.method == "cot_sft":

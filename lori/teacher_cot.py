@@ -25,9 +25,9 @@ from lori.artifacts.store import write_json
 from lori.cli import stage_main, stage_summary
 from lori.data.answers import extract, is_correct
 from lori.data.records import ANSWER_SEP, Record, iter_batches, read_records, split_steps, write_records
-from lori.model.generate import generate_cot
-from lori.model.loading import load_checkpoint, setup_runtime
 from lori.progress import tqdm  # tqdm that also writes lines into log files
+
+# lori.model (torch) is imported in the functions that decode: `--help` must not wait for torch
 
 log = logging.getLogger("lori.teacher_cot")
 
@@ -77,6 +77,8 @@ def filter_rationales(records: list[Record], generations: list[str], fallback: s
 
 
 def run(cfg: TeacherCoTConfig, teacher: str, train: str, out: str, summary_path: str) -> dict:
+    from lori.model.loading import load_checkpoint, setup_runtime
+
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     model, tokenizer = load_checkpoint(teacher)
     model.to(device).eval()
@@ -111,6 +113,8 @@ def run(cfg: TeacherCoTConfig, teacher: str, train: str, out: str, summary_path:
 def decode_all(model, tokenizer, records: list[Record], cfg: TeacherCoTConfig, device, desc: str,
                temperature: float = 0.0) -> tuple[list[str], int]:
     """Continuations of every record's question, batched; the bar shows generated tokens/s."""
+    from lori.model.generate import generate_cot
+
     texts, tokens, start = [], 0, time.perf_counter()
     bar = tqdm(list(iter_batches(records, cfg.batch_size)), desc=desc, mininterval=5, disable=None)
     for batch in bar:

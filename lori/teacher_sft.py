@@ -26,27 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from transformers import AutoModelForCausalLM
-
 from lori.cli import stage_main, stage_summary
 from lori.data.records import DataError, check_training_records, read_records
-from lori.model.loading import (
-    build_scratch_model,
-    build_word_tokenizer,
-    enable_checkpointing,
-    ensure_special_tokens,
-    load_pretrained,
-    num_params,
-    save_checkpoint,
-    setup_runtime,
-)
-from lori.model.precision import to_device
-from lori.model.sequences import teacher_batch, teacher_sequence
-from lori.training.distributed import cleanup, init_distributed, unsharded
-from lori.training.lora import add_lora, merge_lora
-from lori.training.loop import OptimConfig, checkpoint_dir, discard_checkpoint, fingerprint, fit, provenance, step_flops
-from lori.training.validation import validation_evaluator
+from lori.training.options import OptimConfig
+
+# torch, transformers and the model/training modules are imported in the functions that use them:
+# `--help` (built from TeacherSFTConfig) must not wait for torch
 
 log = logging.getLogger("lori.teacher_sft")
 
@@ -77,6 +62,13 @@ class TeacherSFTConfig(OptimConfig):
 
 
 def build_teacher(cfg: TeacherSFTConfig, texts: list[str]):
+    from lori.model.loading import (
+        build_scratch_model,
+        build_word_tokenizer,
+        ensure_special_tokens,
+        load_pretrained,
+    )
+
     if cfg.name_or_path:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg.gguf_file)
         ensure_special_tokens(tokenizer, model)
@@ -95,6 +87,29 @@ def tensorboard_dir(out: str) -> Path:
 
 
 def run(cfg: TeacherSFTConfig, train: str, out: str, metrics: str | None = None, val: str | None = None) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lori.model.loading import (
+        enable_checkpointing,
+        num_params,
+        save_checkpoint,
+        setup_runtime,
+    )
+    from lori.model.precision import to_device
+    from lori.model.sequences import teacher_batch, teacher_sequence
+    from lori.training.distributed import cleanup, init_distributed, unsharded
+    from lori.training.loop import (
+        checkpoint_dir,
+        discard_checkpoint,
+        fingerprint,
+        fit,
+        provenance,
+        step_flops,
+    )
+    from lori.training.lora import add_lora, merge_lora
+    from lori.training.validation import validation_evaluator
+
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(train)

@@ -33,8 +33,8 @@ def test_student_trains_only_adapters_and_projection_and_saves_merged(tiny_teach
         seen["after"] = snapshot(module)
         return rows
 
-    real_fit = distill.fit
-    monkeypatch.setattr(distill, "fit", watched_fit)
+    real_fit = fit
+    monkeypatch.setattr("lori.training.loop.fit", watched_fit)     # distill imports it when it runs
     cfg = distill.DistillConfig(method="lori", alpha=0.0, gamma=0.0, latent_steps=2, steps=3, batch_size=4, lr=1e-2,
                                 warmup_steps=0, log_every=1, lora=SPEC, threads=1, device="cpu")
     out = tmp_path / "students" / "lori"

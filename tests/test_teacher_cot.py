@@ -31,8 +31,9 @@ def test_samples_keep_the_first_correct_rationale(tmp_path, monkeypatch):
         rounds = [sum(q in c[0] for c in calls) for q in questions]
         return [Generation(SCRIPT.get((q, k), " <<0+0=0>> #### 0"), 5, 0.0) for q, k in zip(questions, rounds)]
 
-    monkeypatch.setattr(teacher_cot, "generate_cot", fake_generate)
-    monkeypatch.setattr(teacher_cot, "load_checkpoint", lambda path: (torch.nn.Linear(1, 1), None))
+    # teacher_cot imports these when it runs (its --help stays torch-free): patched where they live
+    monkeypatch.setattr("lori.model.generate.generate_cot", fake_generate)
+    monkeypatch.setattr("lori.model.loading.load_checkpoint", lambda path: (torch.nn.Linear(1, 1), None))
     cfg = teacher_cot.TeacherCoTConfig(batch_size=2, samples=3, temperature=0.5, threads=1, device="cpu")
     summary = teacher_cot.run(cfg, "teacher", str(train), str(out), str(summary_path))
 

@@ -8,7 +8,9 @@ empty counts).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
+
+# scipy is imported where a test or interval is computed: the report tools' `--help` (whose modules
+# import this one) must not wait for it
 
 Correctness = dict[tuple[str, str], dict[str, bool]]    # (method, bench) -> {problem id: correct}
 
@@ -17,6 +19,8 @@ def wilson_interval(correct: int, total: int) -> tuple[float, float]:
     """Wilson score 95% interval for a binomial proportion ((0, 1) when there is nothing to count)."""
     if total == 0:
         return 0.0, 1.0
+    from scipy.stats import binomtest
+
     ci = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -24,7 +28,11 @@ def wilson_interval(correct: int, total: int) -> tuple[float, float]:
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar p-value: are the discordant problems split 50/50? (1 when there are none)"""
     n = only_a + only_b
-    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def agreement(rows: Correctness) -> list[dict]:

@@ -21,7 +21,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,32 +43,9 @@ from lori.training.distributed import (
     rank_slice,
     shard_fsdp,
 )
+from lori.training.options import OptimConfig
 
 log = logging.getLogger("lori.training.loop")
-
-
-@dataclass
-class OptimConfig:
-    steps: int = 1000                    # optimizer steps
-    batch_size: int = 64                 # examples per step
-    lr: float = 1e-3                     # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.01
-    warmup_steps: int = 30               # linear warmup, then cosine to 0
-    grad_clip: float = 1.0               # max grad norm (0 = off)
-    log_every: int = 50
-    checkpoint_every: int = 200          # steps between resumable checkpoints in <out>.ckpt/ (0 = off)
-    # validation during training (a stage's --val split; lori.training.validation)
-    eval_every: int = 0                  # optimizer steps between validation evaluations, and the last step (0 = off)
-    val_batch_size: int = 250            # problems per decoding batch (config: evaluate.batch_size)
-    val_max_new_tokens: int = 96         # decoding budget per problem (config: evaluate.max_new_tokens)
-    # runtime (config section `runtime:`): speed and memory, not the maths
-    compile: bool = False                # torch.compile the HF model(s) (in place; GPU: faster steps after a slow first one)
-    parallel: str = "ddp"                # ddp (replica per rank) | fsdp (weights/grads/Adam state sharded; >= ~1B params)
-    grad_accum: int = 1                  # micro-batches per optimizer step: batch_size stays the step's batch, memory drops
-    tensorboard: bool = False            # also write TensorBoard events (lori.training.tensorboard_log; the stage picks the dir)
-    # PEFT LoRA (config section `lora:`): {rank, alpha, dropout, target_modules}; None = full fine-tuning
-    lora: dict | None = None
 
 
 class NonFiniteLoss(FloatingPointError):
