@@ -47,7 +47,7 @@ class TeacherSFTConfig(OptimConfig):
     seed: int = 0
     threads: int = 2
     device: str = "auto"
-    steps: int = 700
+    steps: int = 1400
     lr: float = 2e-3
 
     def __post_init__(self):

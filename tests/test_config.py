@@ -62,7 +62,7 @@ def test_minimal_config_fills_nested_defaults():
                            "data": {"train": {"kind": "quickstart"}, "benchmarks": {"t": {"kind": "quickstart"}}}})
     assert cfg["seed"] == 0 and cfg["threads"] == 2 and cfg["device"] == "auto"
     assert cfg["model"]["scratch"]["hidden_size"] == 128
-    assert cfg["teacher_sft"]["steps"] == 700 and cfg["teacher_sft"]["betas"] == [0.9, 0.98]
+    assert cfg["teacher_sft"]["steps"] == 1400 and cfg["teacher_sft"]["betas"] == [0.9, 0.98]
     assert cfg["distill"]["common"]["init"] == "teacher"
     assert cfg["data"]["quickstart"] == {"min_steps": 2, "max_steps": 4, "max_value": 99}
     assert cfg["dump_hidden"]["layers"] == "all"

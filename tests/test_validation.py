@@ -204,7 +204,7 @@ def test_validation_is_off_by_default_and_adds_no_flag(quickstart):
 
 def test_the_curves_profile_turns_validation_on():
     config = load_config(CURVES)
-    for stage, student, every in (("teacher_sft", None, 700), ("distill", "lori", 100), ("distill", "no_cot", 100)):
+    for stage, student, every in (("teacher_sft", None, 1400), ("distill", "lori", 100), ("distill", "no_cot", 100)):
         args = stage_args(config, stage, student=student)
         assert (args["eval_every"], args["val_batch_size"], args["val_max_new_tokens"]) == (every, 250, 96)
         assert validates(config, stage, student)
