@@ -10,14 +10,19 @@ arithmetic (bench/README.md, "The latent chain"). :class:`Chain` runs those step
   decoder layers are called one after the other on the new position, with the attention mask,
   positions and rotary tables of the whole chain built once; only the requested hidden states
   are kept, and the LM head runs only when logits are asked for. Without autograd (decoding,
-  evaluation) the KV cache is preallocated for the whole chain and written in place; with
-  autograd it grows by concatenation, since a tensor saved for the backward pass cannot be
-  overwritten.
+  evaluation) the KV cache is preallocated for the whole chain and written in place. With
+  autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32, plain
+  ``Linear`` layers, SiLU MLP, no q/k norms), each layer and step is one hand-written autograd
+  node that reads the prompt's cache instead of copying it (:mod:`lori.model.fused_step`);
+  otherwise the layers' cache grows by concatenation, since a tensor saved for the backward
+  pass cannot be overwritten.
 - any other model (GPT-2, ...): the model's own forward per step, with the attention mask and
   positions preallocated.
 
-The layers, their attention kernel and the cache are the model's own, so both paths compute
-what the plain forward computes, to the bit on CPU (tests/test_chain.py).
+Without autograd the layers, their attention kernel and the cache are the model's own, so the
+chain computes what the plain forward computes, to the bit on CPU; the fused training step
+computes the same function in another order, equal within float rounding (tests/test_chain.py,
+tests/test_fused_step.py).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+
+from lori.model.fused_step import FusedChainLayers, fusable
 
 #: model types whose base model is LLaMA's: embed_tokens, decoder layers taking rotary tables, final norm
 LLAMA_STYLE = ("llama", "qwen2", "qwen3", "mistral")
@@ -209,6 +216,11 @@ class _LlamaChain(Chain):
         elif not torch.is_grad_enabled():
             cache.layers = [_preallocate(layer, self.prefix + steps) for layer in cache.layers]
         self._cache = cache
+        # with autograd, one hand-written node per layer and step where it computes the same function
+        self.fused = None
+        if (torch.is_grad_enabled() and self.prefix > 0 and cache.get_seq_length() == self.prefix
+                and not torch.is_autocast_enabled(mask.device.type) and fusable(model)):
+            self.fused = FusedChainLayers(model, cache, mask)
         # as the model's forward does: no mask when nothing is padded, else a boolean [B, 1, 1, T]
         self.attn_mask = None if bool(mask.all()) else self.full_mask.bool()[:, None, None, :]
         dtype = base.embed_tokens.weight.dtype
@@ -216,6 +228,13 @@ class _LlamaChain(Chain):
 
     def _step(self, embeds, ids, layers, logits, hidden) -> Step:
         base, n = self.model.model, self.n
+        if self.fused is not None:
+            x = base.embed_tokens(ids) if embeds is None else embeds                # [B, d]
+            h, states = self.fused.step(x, self.cos[:, n], self.sin[:, n], set(layers or ()))
+            h = base.norm(h)
+            states[0], states[len(self.layers)] = x, h
+            head = self.model.get_output_embeddings()(h) if logits else None
+            return Step(h, [states[l] for l in layers] if layers is not None else None, head)
         h = (base.embed_tokens(ids) if embeds is None else embeds)[:, None]    # [B, 1, d]
         mask = None if self.attn_mask is None else self.attn_mask[..., : self.prefix + n + 1]
         rotary = self.cos[:, n : n + 1], self.sin[:, n : n + 1]
@@ -231,4 +250,4 @@ class _LlamaChain(Chain):
         return Step(h[:, 0], [states[l][:, 0] for l in layers] if layers is not None else None, head)
 
     def _end(self):
-        return self._cache
+        return self._cache if self.fused is None else self.fused.end()
