@@ -8,11 +8,13 @@ plain Hugging Face path.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from lori.model.chain import _cache_keyword, _LlamaChain, prefill, start_chain
-from lori.model.fused_step import FusedLayerStep, LayerWeights, PrefixGradients, PromptGate, fusable
+from lori.model.fused_step import FusedLayerStep, LayerGate, LayerWeights, StepGradients, fusable
 
 
 def tiny_llama(**overrides):
@@ -26,14 +28,16 @@ def tiny_llama(**overrides):
 
 def two_steps(w: LayerWeights, h, prompt_keys, prompt_values, mask, cos, sin, params):
     """Two positions through one layer after a prompt; returns everything a loss could read."""
-    grads = PrefixGradients()
-    gate = PromptGate.apply(prompt_keys, prompt_values, grads)
+    grads = StepGradients()
+    gate = LayerGate.apply(prompt_keys, prompt_values, *params, grads)
+    fixed = dataclasses.replace(w, **dict(zip(("input_norm", "qkv", "qkv_bias", "out", "post_norm", "gate_up", "down"),
+                                              (p.detach() for p in params))))
     keys = prompt_keys[:, :, :0]
     values = prompt_values[:, :, :0]
     outs = []
     for n in range(2):
-        h, keys, values = FusedLayerStep.apply(h, gate, keys, values, *params, cos[:, n], sin[:, n],
-                                               prompt_keys.detach(), prompt_values.detach(), mask, grads, w)
+        h, keys, values = FusedLayerStep.apply(h, gate, keys, values, cos[:, n], sin[:, n], prompt_keys.detach(),
+                                               prompt_values.detach(), mask, grads, fixed)
         outs.append(h)
     return torch.cat(outs, dim=-1), keys, values
 
@@ -76,10 +80,9 @@ def test_forward_is_the_decoder_layer():
     want = layer(h[:, None], attention_mask=None, position_embeddings=(cos, sin), position_ids=positions,
                  use_cache=True, **{_cache_keyword(type(layer)): cache})[:, 0]
     w = LayerWeights.of(layer, model.config)
-    got, keys, values = FusedLayerStep.apply(h, PromptGate.apply(pk, pv, PrefixGradients()), pk[:, :, :0],
-                                             pv[:, :, :0], w.input_norm, w.qkv, w.qkv_bias, w.out, w.post_norm,
-                                             w.gate_up, w.down, cos[:, 0], sin[:, 0], pk, pv, None,
-                                             PrefixGradients(), w)
+    gate = LayerGate.apply(pk, pv, *w.tensors(), StepGradients())
+    got, keys, values = FusedLayerStep.apply(h, gate, pk[:, :, :0], pv[:, :, :0], cos[:, 0], sin[:, 0], pk, pv, None,
+                                             StepGradients(), w.detached())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keys, cache.layers[0].keys[:, :, T0:], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, cache.layers[0].values[:, :, T0:], rtol=1e-5, atol=1e-6)
@@ -134,3 +137,21 @@ def test_frozen_weights_get_no_gradient():
     h.pow(2).sum().backward()
     assert h0.grad is not None and torch.isfinite(h0.grad).all() and h0.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_repeated_and_partial_backward_passes():
+    """``retain_graph`` passes each collect their own per-step contributions; a pass that stops
+    before the gate (gradients for the thoughts' input only) leaves nothing behind."""
+    model = tiny_llama().train()
+    ids = torch.randint(3, 40, (2, 5))
+    mask = torch.ones_like(ids)
+    cache, _, _ = prefill(model, ids, mask)
+    chain = start_chain(model, cache, mask, mask.sum(1), 2)
+    h0 = torch.randn(2, 16, requires_grad=True)
+    loss = chain.step(chain.step(h0).hidden).hidden.pow(2).sum()
+    weight = model.model.layers[0].mlp.down_proj.weight
+    first = torch.autograd.grad(loss, [weight], retain_graph=True)[0]
+    torch.autograd.grad(loss, [h0], retain_graph=True)        # does not reach the weights' gate
+    second = torch.autograd.grad(loss, [weight], retain_graph=True)[0]
+    assert first.abs().sum() > 0
+    assert torch.equal(first, second)

@@ -8,15 +8,19 @@ of a LoRi step's cost (bench/README.md, "The latent chain").
 
 :class:`FusedLayerStep` computes the same function as a LLaMA-style decoder layer (RMSNorm,
 rotary attention over the cache with grouped-query heads, SwiGLU MLP) in ~30 ops and its
-gradient in ~45, saving only what the backward reads. The cache is split in two:
+gradient in ~40, saving only what the backward reads. Two kinds of gradient are not formed per
+step but once per chain, by the layer's :class:`LayerGate` (the node through which the prompt's
+keys/values and the layer's weights enter every step; autograd runs it after all the steps'
+backwards):
 
-- the **prompt's** keys/values, fixed for the whole chain: every step reads them, none copies
-  them. A step's gradient for them is a rank-1 (per head group) product, so it is not formed
-  per step: each step leaves its attention weights and score gradients in a
-  :class:`PrefixGradients`, and :class:`PromptGate` (the node through which the prompt's
-  keys/values enter the chain, run by autograd after every step's backward) turns them into
-  one ``dK``/``dV`` with a single batched matmul;
-- the **thoughts'** keys/values, a few positions, grown by ``cat`` and differentiated normally.
+- the **prompt's** keys/values, fixed for the whole chain, are read by every step and copied by
+  none; each step leaves its attention weights and score gradients on them;
+- the **weights**: each step leaves its output gradients and inputs ([B, *] each), and the gate
+  forms every weight's gradient with one matmul over all K steps, instead of K weight-sized
+  gradients written and accumulated (at small batch, the largest memory traffic of a step).
+
+The thoughts' own keys/values (a few positions) grow by ``cat`` and are differentiated normally.
+Each backward pass (``retain_graph`` allows several) collects its own contributions.
 
 Numerics: the same maths in a different order, so equal to the model's layer within float
 rounding (tests/test_fused_step.py: ``gradcheck`` in float64, and the chain against the plain
@@ -29,6 +33,7 @@ inside a fused chain (transformers' own output-capturing hooks have nothing to c
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +47,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor):
-    """Gradients of ``x * rstd * weight`` (rstd = 1/rms(x)) for x and weight."""
+def _rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+                       grads: "StepGradients", name: str) -> torch.Tensor:
+    """Gradient of ``x * rstd * weight`` (rstd = 1/rms(x)) for x; the weight's is left in ``grads``."""
     normed = x * rstd
-    grad_weight = (grad * normed).sum(0)
+    grads.add_norm(name, grad, normed)
     g = grad * weight
-    return rstd * (g - normed * (g * normed).mean(-1, keepdim=True)), grad_weight
+    return rstd * (g - normed * (g * normed).mean(-1, keepdim=True))
 
 
 @dataclass
@@ -79,6 +85,14 @@ class LayerWeights:
                    float(layer.input_layernorm.variance_epsilon), config.num_attention_heads,
                    config.num_key_value_heads, attn.head_dim, float(attn.scaling))
 
+    def tensors(self) -> tuple:
+        """The weights in :class:`LayerGate`'s order."""
+        return self.input_norm, self.qkv, self.qkv_bias, self.out, self.post_norm, self.gate_up, self.down
+
+    def detached(self) -> "LayerWeights":
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
 
 def fusable(model) -> bool:
     """Whether :class:`FusedLayerStep` computes exactly what ``model``'s decoder layers compute
@@ -108,50 +122,98 @@ def fusable(model) -> bool:
     return True
 
 
-class PrefixGradients:
-    """What each step's backward leaves for the prompt's keys/values: per step, the score
-    gradients and attention weights on the prompt [B, kv, g, T0] and the query / output
-    gradient [B, kv, g, hd]."""
+class StepGradients:
+    """What each step's backward leaves for :class:`LayerGate`, per step: for the prompt's
+    keys/values the score gradients and attention weights on the prompt [B, kv, g, T0] with the
+    queries and output gradients [B, kv, g, hd]; for each weight matrix its output gradient and
+    input [B, *] (a weight's gradient is their product summed over steps); for each norm weight
+    the gradient of its output and the normalised input [B, d]."""
 
     def __init__(self):
+        self.task = None
+        self.clear()
+
+    def clear(self) -> None:
         self.scores, self.queries, self.weights, self.outputs = [], [], [], []
+        self.linear = {name: ([], []) for name in ("qkv", "out", "gate_up", "down")}
+        self.norm = {name: ([], []) for name in ("input_norm", "post_norm")}
+
+    def begin_step(self) -> None:
+        """Called by each step's backward: entries left by an earlier backward pass (one that
+        did not reach the gate, e.g. ``autograd.grad`` for the inputs only) are dropped."""
+        task = torch._C._current_graph_task_id()
+        if task != self.task:
+            self.clear()
+            self.task = task
+
+    def add_linear(self, name: str, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
+        self.linear[name][0].append(grad_out)
+        self.linear[name][1].append(inputs)
+
+    def add_norm(self, name: str, grad_out: torch.Tensor, normed: torch.Tensor) -> None:
+        self.norm[name][0].append(grad_out)
+        self.norm[name][1].append(normed)
 
 
-class PromptGate(torch.autograd.Function):
-    """Identity for the graph, a zero scalar as output: the node through which the prompt's
-    keys/values enter every step. Autograd runs it after all the steps' backwards (they all
-    take its output), so it can sum their contributions in one matmul."""
+class LayerGate(torch.autograd.Function):
+    """The node through which a layer's weights and the prompt's keys/values enter every step of
+    the chain: its output is a zero scalar that each step takes as an input. Autograd runs its
+    backward after all the steps' backwards, so the per-step contributions are summed here in
+    one matmul per tensor (``[K*B, out]^T @ [K*B, in]``) instead of K small matmuls, each
+    writing and accumulating a weight-sized gradient (a LoRi step's largest memory traffic at
+    small batch)."""
 
     @staticmethod
-    def forward(ctx, keys: torch.Tensor, values: torch.Tensor, grads: PrefixGradients):
+    def forward(ctx, prompt_keys, prompt_values, input_norm, qkv, qkv_bias, out, post_norm, gate_up, down,
+                grads: StepGradients):
         ctx.grads = grads
-        return keys.new_zeros(())
+        return prompt_keys.new_zeros(())
 
     @staticmethod
     @once_differentiable
     def backward(ctx, _):
-        g: PrefixGradients = ctx.grads
-        if not g.scores:
-            return None, None, None
-        d_keys = torch.cat(g.scores, dim=2).transpose(-1, -2) @ torch.cat(g.queries, dim=2)
-        d_values = torch.cat(g.weights, dim=2).transpose(-1, -2) @ torch.cat(g.outputs, dim=2)
-        g.scores, g.queries, g.weights, g.outputs = [], [], [], []
-        return d_keys, d_values, None
+        g: StepGradients = ctx.grads
+        needs = ctx.needs_input_grad
+        if not g.scores or g.task != torch._C._current_graph_task_id():
+            return (None,) * 10
+
+        def summed(name):
+            grad_out, inputs = (torch.cat(t) for t in g.linear[name])
+            return grad_out.t() @ inputs, grad_out
+
+        def norm(name):
+            grad_out, normed = (torch.cat(t) for t in g.norm[name])
+            return (grad_out * normed).sum(0)
+
+        d_keys = d_values = d_qkv_b = None
+        if needs[0]:
+            d_keys = torch.cat(g.scores, dim=2).transpose(-1, -2) @ torch.cat(g.queries, dim=2)
+        if needs[1]:
+            d_values = torch.cat(g.weights, dim=2).transpose(-1, -2) @ torch.cat(g.outputs, dim=2)
+        d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
+        if needs[4]:
+            d_qkv_b = grad_qkv.sum(0)
+        grads = (d_keys, d_values, norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
+                 summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
+                 summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
+        g.clear()
+        return grads
 
 
 class FusedLayerStep(torch.autograd.Function):
     """``(h [B, d], thought keys/values [B, kv, n, hd]) -> (layer output [B, d], keys/values with
-    this position appended [B, kv, n + 1, hd])``; the prompt's keys/values are read, not copied."""
+    this position appended [B, kv, n + 1, hd])``. The prompt's keys/values are read, not copied,
+    and the weights (``w``, detached) get their gradients through the layer's :class:`LayerGate`."""
 
     @staticmethod
-    def forward(ctx, h, gate, thought_keys, thought_values, input_norm, qkv_w, qkv_b, out_w, post_norm, gate_up_w,
-                down_w, cos, sin, prompt_keys, prompt_values, prompt_mask, grads: PrefixGradients, w: LayerWeights):
+    def forward(ctx, h, gate, thought_keys, thought_values, cos, sin, prompt_keys, prompt_values, prompt_mask,
+                grads: StepGradients, w: LayerWeights):
         B = h.shape[0]
         kv, hd = w.kv_heads, w.head_dim
         groups = w.heads // kv
         rstd1 = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + w.eps)
-        normed = h * rstd1 * input_norm
-        qkv = F.linear(normed, qkv_w, qkv_b)
+        normed = h * rstd1 * w.input_norm
+        qkv = F.linear(normed, w.qkv, w.qkv_bias)
         q, k, v = qkv.split([w.heads * hd, kv * hd, kv * hd], dim=-1)
         c, s = cos[:, None, None], sin[:, None, None]
         q, k, v = q.view(B, kv, groups, hd), k.view(B, kv, 1, hd), v.view(B, kv, 1, hd)
@@ -164,44 +226,42 @@ class FusedLayerStep(torch.autograd.Function):
             scores[..., :T0] += prompt_mask
         p = torch.softmax(scores, dim=-1)                                        # [B, kv, g, T0 + n + 1]
         attn = (p[..., :T0] @ prompt_values + p[..., T0:] @ values).reshape(B, w.heads * hd)
-        mid = h + attn @ out_w.t()
+        mid = h + attn @ w.out.t()
         rstd2 = torch.rsqrt(mid.pow(2).mean(-1, keepdim=True) + w.eps)
-        normed2 = mid * rstd2 * post_norm
-        gate_pre, up = (normed2 @ gate_up_w.t()).chunk(2, dim=-1)
+        normed2 = mid * rstd2 * w.post_norm
+        gate_pre, up = (normed2 @ w.gate_up.t()).chunk(2, dim=-1)
         act = F.silu(gate_pre)
         inner = act * up
-        out = mid + inner @ down_w.t()
+        out = mid + inner @ w.down.t()
         ctx.save_for_backward(h, rstd1, normed, q, keys, values, p, attn, mid, rstd2, normed2, gate_pre, up, act,
-                              inner, input_norm, qkv_w, out_w, post_norm, gate_up_w, down_w, cos, sin,
-                              prompt_keys, prompt_values)
+                              inner, cos, sin, prompt_keys, prompt_values)
         ctx.grads, ctx.w = grads, w
         return out, keys, values
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_keys, d_values):
-        (h, rstd1, normed, q, keys, values, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, input_norm, qkv_w,
-         out_w, post_norm, gate_up_w, down_w, cos, sin, prompt_keys, prompt_values) = ctx.saved_tensors
+        (h, rstd1, normed, q, keys, values, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, cos, sin,
+         prompt_keys, prompt_values) = ctx.saved_tensors
         w: LayerWeights = ctx.w
+        g: StepGradients = ctx.grads
+        g.begin_step()
         B, T0, hd = h.shape[0], prompt_keys.shape[2], w.head_dim
-        needs = ctx.needs_input_grad          # frozen weights (e.g. a probe) get no gradient computed
         # MLP
-        d_down = d_out.t() @ inner if needs[10] else None
-        d_inner = d_out @ down_w
+        g.add_linear("down", d_out, inner)
+        d_inner = d_out @ w.down
         sig = torch.sigmoid(gate_pre)
         d_gate_up = torch.cat([d_inner * up * sig * (1 + gate_pre * (1 - sig)), d_inner * act], dim=-1)
-        d_gate_up_w = d_gate_up.t() @ normed2 if needs[9] else None
-        d_mid, d_post_norm = _rms_norm_backward(d_gate_up @ gate_up_w, mid, rstd2, post_norm)
-        d_mid = d_mid + d_out
+        g.add_linear("gate_up", d_gate_up, normed2)
+        d_mid = _rms_norm_backward(d_gate_up @ w.gate_up, mid, rstd2, w.post_norm, g, "post_norm") + d_out
         # attention
-        d_out_w = d_mid.t() @ attn if needs[7] else None
-        d_attn = (d_mid @ out_w).view(B, w.kv_heads, -1, hd)
+        g.add_linear("out", d_mid, attn)
+        d_attn = (d_mid @ w.out).view(B, w.kv_heads, -1, hd)
         d_p = torch.cat([d_attn @ prompt_values.transpose(-1, -2), d_attn @ values.transpose(-1, -2)], dim=-1)
         d_scores = p * (d_p - (p * d_p).sum(-1, keepdim=True)) * w.scaling
         d_q = d_scores[..., :T0] @ prompt_keys + d_scores[..., T0:] @ keys
         d_keys = d_scores[..., T0:].transpose(-1, -2) @ q + (d_keys if d_keys is not None else 0)
         d_values = p[..., T0:].transpose(-1, -2) @ d_attn + (d_values if d_values is not None else 0)
-        g = ctx.grads
         g.scores.append(d_scores[..., :T0])
         g.queries.append(q)
         g.weights.append(p[..., :T0])
@@ -212,12 +272,10 @@ class FusedLayerStep(torch.autograd.Function):
         d_qkv = torch.cat([(d_q * c - _rotate_half(d_q * s)).reshape(B, -1),
                            (d_k * c - _rotate_half(d_k * s)).reshape(B, -1),
                            d_values[:, :, -1:].reshape(B, -1)], dim=-1)
-        d_qkv_w = d_qkv.t() @ normed if needs[5] else None
-        d_h, d_input_norm = _rms_norm_backward(d_qkv @ qkv_w, h, rstd1, input_norm)
-        d_h = d_h + d_mid
-        return (d_h, torch.zeros_like(cos[0, 0]), d_keys[:, :, :-1], d_values[:, :, :-1], d_input_norm, d_qkv_w,
-                d_qkv.sum(0) if needs[6] else None, d_out_w, d_post_norm, d_gate_up_w, d_down,
-                None, None, None, None, None, None, None, None)
+        g.add_linear("qkv", d_qkv, normed)
+        d_h = _rms_norm_backward(d_qkv @ w.qkv, h, rstd1, w.input_norm, g, "input_norm") + d_mid
+        return (d_h, torch.zeros_like(cos[0, 0]), d_keys[:, :, :-1], d_values[:, :, :-1],
+                None, None, None, None, None, None, None)
 
 
 class FusedChainLayers:
@@ -226,11 +284,12 @@ class FusedChainLayers:
 
     def __init__(self, model, cache, prompt_mask: torch.Tensor):
         layers = model.model.layers[: model.config.num_hidden_layers]
-        self.weights = [LayerWeights.of(layer, model.config) for layer in layers]
+        weights = [LayerWeights.of(layer, model.config) for layer in layers]
+        self.weights = [w.detached() for w in weights]
         self.cache = cache
         self.prompt = [(layer.keys, layer.values) for layer in cache.layers]
-        self.grads = [PrefixGradients() for _ in layers]
-        self.gates = [PromptGate.apply(k, v, g) for (k, v), g in zip(self.prompt, self.grads)]
+        self.grads = [StepGradients() for _ in layers]
+        self.gates = [LayerGate.apply(k, v, *w.tensors(), g) for (k, v), w, g in zip(self.prompt, weights, self.grads)]
         self.thoughts = [(k[:, :, :0], v[:, :, :0]) for k, v in self.prompt]
         dtype = self.prompt[0][0].dtype
         # additive mask on the prompt's (left-padded) positions; the thoughts are never masked
@@ -244,9 +303,8 @@ class FusedChainLayers:
         for i, w in enumerate(self.weights):
             tk, tv = self.thoughts[i]
             pk, pv = self.prompt[i]
-            h, tk, tv = FusedLayerStep.apply(h, self.gates[i], tk, tv, w.input_norm, w.qkv, w.qkv_bias, w.out,
-                                             w.post_norm, w.gate_up, w.down, cos, sin, pk.detach(), pv.detach(),
-                                             self.mask, self.grads[i], w)
+            h, tk, tv = FusedLayerStep.apply(h, self.gates[i], tk, tv, cos, sin, pk.detach(), pv.detach(), self.mask,
+                                             self.grads[i], w)
             self.thoughts[i] = (tk, tv)
             if i + 1 in keep:
                 states[i + 1] = h
