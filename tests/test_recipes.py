@@ -14,6 +14,7 @@ from lori import distill, evaluate
 from lori.data.records import ANSWER_SEP, EOT, Record, cot_text, read_records
 from lori.distill import DistillConfig
 from lori.training.recipes.base import RecipeContext
+from lori.model.chain import Chain
 from lori.model.latent import LatentStudent
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes import coconut, codi, icot_si
@@ -80,18 +81,22 @@ def test_coconut_short_record_loses_all_steps_but_keeps_k_c_thoughts(student):
     assert rows[1][1:] == encode(tok, cot_text(FOUR.steps[3:]) + f" {ANSWER_SEP} 100") + [tok.eos_token_id]
 
 
-def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny):
+def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny, monkeypatch):
     cfg = DistillConfig(method="coconut", steps=400, steps_per_stage=100, threads=1, device="cpu")
     model, tok = distill.build_student(cfg, tiny["teacher"])
     assert model.projection is None and model.feedback == "hidden" and model.latent_steps == 6
     batch, k = coconut.coconut_batch(tok, [FOUR, TWO], 2, 2, 3)
-    seen = []                                     # positions per call of the first decoder layer
+    blocks = []                                   # positions per block through the model's own layers
     hook = model.model.model.layers[0].register_forward_pre_hook(
-        lambda m, args, kw: seen.append((args[0] if args else kw["hidden_states"]).shape[1]), with_kwargs=True)
+        lambda m, args, kw: blocks.append((args[0] if args else kw["hidden_states"]).shape[1]), with_kwargs=True)
+    thoughts = []                                 # one-position steps of the latent chain (fused in training)
+    step = Chain.step
+    monkeypatch.setattr(Chain, "step", lambda self, *a, **kw: thoughts.append(1) or step(self, *a, **kw))
     model(batch, None, latent_steps=k)
     hook.remove()
     # the prompt block, then stage 2 with c = 2: four single-position thoughts, then the suffix block
-    assert seen[1:-1] == [1] * 4 and seen[0] == batch.prompt_ids.shape[1] and seen[-1] == batch.suffix_ids.shape[1]
+    assert blocks[0] == batch.prompt_ids.shape[1] and blocks[-1] == batch.suffix_ids.shape[1] and len(thoughts) == 4
+    assert blocks[1:-1] in ([], [1] * 4)          # fused training steps bypass the layer's call
     # the thought fed back is the last hidden state itself
     last = torch.randn(2, 32)
     assert torch.equal(model._feed(last), last)
