@@ -91,11 +91,16 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False):
     return cache, out.logits[:, -1], (out.hidden_states[-1][:, -1] if hidden else None)
 
 
-def start_chain(model, cache, mask: torch.Tensor, next_pos: torch.Tensor, steps: int) -> "Chain":
+def start_chain(model, cache, mask: torch.Tensor, next_pos: torch.Tensor, steps: int, reserve: int = 0) -> "Chain":
     """Up to ``steps`` one-position forwards of ``model`` after a prefix: its KV ``cache`` (None:
-    no prefix), attention ``mask`` [B, T0] and each row's next position ``next_pos`` [B]."""
+    no prefix), attention ``mask`` [B, T0] and each row's next position ``next_pos`` [B].
+
+    ``reserve``: positions the cache will grow by after the chain (a block through the model's
+    forward, a decoder continuing it); without autograd the preallocated cache is sized for
+    them too, so neither copies it again."""
     kind = _LlamaChain if llama_style(model, mask.shape[1] + steps) else _ModelChain
-    return kind(model, cache, mask, next_pos, steps)
+    return kind(model, cache, mask, next_pos, steps, reserve) if kind is _LlamaChain else kind(model, cache, mask,
+                                                                                             next_pos, steps)
 
 
 class Chain:
@@ -187,11 +192,15 @@ def _preallocated_layer() -> type:
 
 
 def _preallocate(layer, capacity: int):
-    """``layer``'s keys and values copied into a :func:`_preallocated_layer` of ``capacity`` positions.
-    Only without autograd: a tensor saved for the backward pass cannot be written in place."""
-    out = _preallocated_layer()()
+    """``layer``'s keys and values copied into a :func:`_preallocated_layer` of ``capacity`` positions
+    (the layer itself if it is one with room for them). Only without autograd: a tensor saved for
+    the backward pass cannot be written in place."""
     keys, values = layer.keys, layer.values
     filled = keys.shape[-2]
+    if (isinstance(layer, _preallocated_layer()) and keys.data_ptr() == layer.key_buffer.data_ptr()
+            and layer.key_buffer.shape[-2] >= capacity):
+        return layer
+    out = _preallocated_layer()()
     out.key_buffer = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
     out.value_buffer = values.new_empty((*values.shape[:2], capacity, values.shape[-1]))
     out.key_buffer[:, :, :filled], out.value_buffer[:, :, :filled] = keys, values
@@ -204,7 +213,7 @@ class _LlamaChain(Chain):
     """LLaMA-style decoders: the model's decoder layers called one after the other on the
     new position, with the mask, positions and rotary tables of the whole chain built once."""
 
-    def __init__(self, model, cache, mask, next_pos, steps):
+    def __init__(self, model, cache, mask, next_pos, steps, reserve: int = 0):
         super().__init__(model, cache, mask, next_pos, steps)
         from transformers import DynamicCache
 
@@ -214,7 +223,7 @@ class _LlamaChain(Chain):
         if cache is None:
             cache = DynamicCache(config=model.config)
         elif not torch.is_grad_enabled():
-            cache.layers = [_preallocate(layer, self.prefix + steps) for layer in cache.layers]
+            cache.layers = [_preallocate(layer, self.prefix + steps + reserve) for layer in cache.layers]
         self._cache = cache
         # with autograd, one hand-written node per layer and step where it computes the same function
         self.fused = None

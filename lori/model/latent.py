@@ -78,18 +78,19 @@ class LatentStudent(nn.Module):
         return last if self.projection is None else self.projection(last)
 
     def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, thought_inputs: torch.Tensor | None = None,
-               record_inputs: list | None = None, latent_steps: int | None = None):
+               record_inputs: list | None = None, latent_steps: int | None = None, reserve: int = 0):
         """Prompt block then K thoughts on the cache (K = ``latent_steps``, default the student's).
         Returns cache, mask, next positions, logits after the last input, and the thoughts'
         hidden states [B, K, L, d] (if layers).
 
         ``thought_inputs`` [B, K, d] replaces the thoughts' input embeddings (the thought-shuffle
         test feeds one problem another problem's thoughts); ``record_inputs`` collects the
-        input embeddings actually fed, one [B, d] tensor per thought."""
+        input embeddings actually fed, one [B, d] tensor per thought. ``reserve``: positions the
+        cache grows by afterwards (see :func:`lori.model.chain.start_chain`)."""
         n_thoughts = self.latent_steps if latent_steps is None else latent_steps
         # the LM head runs on the prompt's last position only: a [B, P, vocab] head would be thrown away
         past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0)
-        chain = start_chain(self.model, past, prompt_mask, prompt_mask.sum(1), n_thoughts)
+        chain = start_chain(self.model, past, prompt_mask, prompt_mask.sum(1), n_thoughts, reserve)
         thought_states = []
         for k in range(n_thoughts):
             embeds = self._feed(last) if thought_inputs is None else thought_inputs[:, k]     # [B, d]
@@ -137,8 +138,10 @@ class LatentStudent(nn.Module):
         ``thought_inputs`` [B, K, d] overrides the thoughts (see :meth:`thought_inputs`).
         Runs in the model's dtype without autocast (see :func:`lori.model.generate.generate_cot`)."""
         start = time.perf_counter()
-        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None, thought_inputs)
         head = batch.suffix_ids[:, : batch.answer_start]
+        # the cache is sized once for the thoughts, the forced head and the answer
+        past, mask, pos, _, _ = self._think(batch.prompt_ids, batch.prompt_mask, None, thought_inputs,
+                                            reserve=head.shape[1] + max_new_tokens)
         mask = torch.cat([mask, torch.ones_like(head)], dim=1)
         out, past = forward_cached(self.model, past, input_ids=head, attention_mask=mask,
                                    position_ids=pos[:, None] + torch.arange(head.shape[1], device=pos.device))
