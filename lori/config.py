@@ -66,6 +66,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(config).__name__}")
+    _coerce_command_line(config)
     validator = _validator_with_defaults()(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -75,6 +76,14 @@ def validate_config(config: dict, source: str = "config") -> dict:
     validator.validate(config)
     _check_consistency(config, source)
     return config
+
+
+def _coerce_command_line(config: dict) -> None:
+    """``snakemake --config 'seeds=[0,1,2]'`` hands the list's items over as strings; seeds are
+    integers, so decimal strings become ints (anything else is left for the schema to reject)."""
+    seeds = config.get("seeds")
+    if isinstance(seeds, list):
+        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdecimal() else s for s in seeds]
 
 
 def _check_consistency(config: dict, source: str) -> None:

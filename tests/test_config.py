@@ -110,6 +110,15 @@ def test_multiple_errors_reported_together(raw):
     assert "teacher_sft.steps:" in msg and "factorize.energy:" in msg and "'rnak_layer'" in msg
 
 
+def test_seeds_from_the_command_line_become_integers(raw):
+    """`snakemake --config 'seeds=[0,1,2]'` hands the items over as strings."""
+    cfg = copy.deepcopy(raw)
+    cfg["seeds"] = ["0", "1", " 2"]
+    assert validate_config(cfg, "cfg.yaml")["seeds"] == [0, 1, 2]
+    assert "seeds.0" in errors_of(raw, lambda c: c.update(seeds=["one"]))
+    assert "seeds.0" in errors_of(raw, lambda c: c.update(seeds=["-1"]))
+
+
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda c: c["data"]["quickstart"].update(min_steps=5), "data.train: min_steps 5 > max_steps 4"),
     (lambda c: (c["methods"].append("codi"), c["distill"].pop("codi")), "methods: 'codi' has no distill.codi section"),
