@@ -3,8 +3,9 @@
 A latent chain runs K one-position steps through every layer, with gradients. Through the
 model's own layer each step is ~50 small ATen ops forward and ~100 backward, and each step
 copies and differentiates the *whole* KV cache (``cat`` of prompt + thoughts, then a gradient of
-that size accumulated per step). On a CPU that bookkeeping, not the step's arithmetic, is most
-of a LoRi step's cost (bench/README.md, "The latent chain").
+that size accumulated per step), and every weight's gradient is written and accumulated once per
+step. On a CPU that traffic is a large part of what a thought costs beyond its arithmetic
+(bench/README.md, "The fused training step").
 
 :class:`FusedLayerStep` computes the same function as a LLaMA-style decoder layer (RMSNorm,
 rotary attention over the cache with grouped-query heads, SwiGLU MLP) in ~30 ops and its
