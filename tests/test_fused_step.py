@@ -2,7 +2,7 @@
 
 Its backward is checked against finite differences (``gradcheck``, float64) on a two-step chain
 with grouped-query heads, a q|k|v bias, a left-padded prompt and gradients reaching the prompt's
-keys/values through :class:`PromptGate`; its forward against the model's own decoder layer.
+keys/values and the weights through :class:`LayerGate`; its forward against the model's own decoder layer.
 Where it runs inside a training chain, tests/test_chain.py compares losses and gradients with the
 plain Hugging Face path.
 """

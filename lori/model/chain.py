@@ -99,8 +99,7 @@ def start_chain(model, cache, mask: torch.Tensor, next_pos: torch.Tensor, steps:
     forward, a decoder continuing it); without autograd the preallocated cache is sized for
     them too, so neither copies it again."""
     kind = _LlamaChain if llama_style(model, mask.shape[1] + steps) else _ModelChain
-    return kind(model, cache, mask, next_pos, steps, reserve) if kind is _LlamaChain else kind(model, cache, mask,
-                                                                                             next_pos, steps)
+    return kind(model, cache, mask, next_pos, steps, reserve)
 
 
 class Chain:
@@ -154,9 +153,9 @@ class Chain:
 class _ModelChain(Chain):
     """Any causal LM: its own forward per step, on its own cache."""
 
-    def __init__(self, model, cache, mask, next_pos, steps):
+    def __init__(self, model, cache, mask, next_pos, steps, reserve: int = 0):
         super().__init__(model, cache, mask, next_pos, steps)
-        self._cache = cache
+        self._cache = cache          # the model's own cache grows as it does: nothing to reserve
 
     def _step(self, embeds, ids, layers, logits, hidden) -> Step:
         inputs = {"input_ids": ids[:, None]} if embeds is None else {"inputs_embeds": embeds[:, None]}

@@ -124,18 +124,19 @@ def fusable(model) -> bool:
 
 
 class StepGradients:
-    """What each step's backward leaves for :class:`LayerGate`, per step: for the prompt's
-    keys/values the score gradients and attention weights on the prompt [B, kv, g, T0] with the
-    queries and output gradients [B, kv, g, hd]; for each weight matrix its output gradient and
-    input [B, *] (a weight's gradient is their product summed over steps); for each norm weight
-    the gradient of its output and the normalised input [B, d]."""
+    """What each step's backward leaves for :class:`LayerGate`, per step, as pairs whose product
+    summed over steps is a gradient: for the prompt's keys the score gradients on the prompt
+    [B, kv, g, T0] and the queries [B, kv, g, hd], for its values the attention probabilities on
+    the prompt and the attention-output gradients; for each weight matrix its output gradient
+    and input [B, *]; for each norm weight the gradient of its output and the normalised input
+    [B, d]."""
 
     def __init__(self):
         self.task = None
         self.clear()
 
     def clear(self) -> None:
-        self.scores, self.queries, self.weights, self.outputs = [], [], [], []
+        self.prompt = {name: ([], []) for name in ("keys", "values")}
         self.linear = {name: ([], []) for name in ("qkv", "out", "gate_up", "down")}
         self.norm = {name: ([], []) for name in ("input_norm", "post_norm")}
 
@@ -146,6 +147,10 @@ class StepGradients:
         if task != self.task:
             self.clear()
             self.task = task
+
+    def add_prompt(self, name: str, left: torch.Tensor, right: torch.Tensor) -> None:
+        self.prompt[name][0].append(left)
+        self.prompt[name][1].append(right)
 
     def add_linear(self, name: str, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
         self.linear[name][0].append(grad_out)
@@ -175,7 +180,7 @@ class LayerGate(torch.autograd.Function):
     def backward(ctx, _):
         g: StepGradients = ctx.grads
         needs = ctx.needs_input_grad
-        if not g.scores or g.task != torch._C._current_graph_task_id():
+        if not g.prompt["keys"][0] or g.task != torch._C._current_graph_task_id():
             return (None,) * 10
 
         def summed(name):
@@ -186,15 +191,15 @@ class LayerGate(torch.autograd.Function):
             grad_out, normed = (torch.cat(t) for t in g.norm[name])
             return (grad_out * normed).sum(0)
 
-        d_keys = d_values = d_qkv_b = None
-        if needs[0]:
-            d_keys = torch.cat(g.scores, dim=2).transpose(-1, -2) @ torch.cat(g.queries, dim=2)
-        if needs[1]:
-            d_values = torch.cat(g.weights, dim=2).transpose(-1, -2) @ torch.cat(g.outputs, dim=2)
+        def prompt(name):          # steps stacked along the query axis: [B, kv, K*g, *]
+            left, right = (torch.cat(t, dim=2) for t in g.prompt[name])
+            return left.transpose(-1, -2) @ right
+
+        d_qkv_b = None
         d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
         if needs[4]:
             d_qkv_b = grad_qkv.sum(0)
-        grads = (d_keys, d_values, norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
+        grads = (prompt("keys") if needs[0] else None, prompt("values") if needs[1] else None, norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
                  summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
                  summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
         g.clear()
@@ -263,10 +268,8 @@ class FusedLayerStep(torch.autograd.Function):
         d_q = d_scores[..., :T0] @ prompt_keys + d_scores[..., T0:] @ keys
         d_keys = d_scores[..., T0:].transpose(-1, -2) @ q + (d_keys if d_keys is not None else 0)
         d_values = p[..., T0:].transpose(-1, -2) @ d_attn + (d_values if d_values is not None else 0)
-        g.scores.append(d_scores[..., :T0])
-        g.queries.append(q)
-        g.weights.append(p[..., :T0])
-        g.outputs.append(d_attn)
+        g.add_prompt("keys", d_scores[..., :T0], q)
+        g.add_prompt("values", p[..., :T0], d_attn)
         # rotary (an orthogonal map: its transpose rotates back) and the q|k|v projection
         c, s = cos[:, None, None], sin[:, None, None]
         d_k = d_keys[:, :, -1:]
