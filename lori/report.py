@@ -5,8 +5,8 @@ base64 PNG: it opens from a mail attachment, no server, no sibling files) and ev
 PNG + SVG. The page opens with a provenance block (code commit, run config hash, package versions,
 CPU/GPU, threads, dates: :mod:`lori.analysis.provenance`), then one results table (accuracy with
 its pooled 95% CI, shuffled-thought drop, generated tokens and latent steps per benchmark, training
-cost), and only what that table lacks: published numbers, ablations, per-problem agreement,
-low-rank structure. Figures:
+cost), and only what that table lacks: accuracy by the reference CoT's step count, published
+numbers, ablations, per-problem agreement, low-rank structure. Figures:
 
 - ``spectrum``: energy vs rank per mode, chosen rank marked;
 - ``effective_rank``: per-example effective rank and energy kept vs CoT length;
@@ -49,6 +49,7 @@ from lori.analysis.runs import (
     load_factor_summary,
     load_metrics,
     load_rows,
+    load_step_rows,
     run_dir,
     run_inputs,
     teacher_cots,
@@ -57,11 +58,13 @@ from lori.analysis.stats import agreement
 from lori.analysis.tables import (
     AGREEMENT_NOTE,
     RESULTS_NOTE,
+    STEPS_NOTE,
     ablation_table,
     agreement_table,
     factors_note,
     factors_table,
     results_table,
+    steps_table,
 )
 from lori.artifacts import evaluation
 from lori.artifacts.store import atomic_path
@@ -120,6 +123,9 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
     sections = [render.facts_section("Provenance", provenance(run_root, summaries, factors), PROVENANCE_NOTE),
                 render.table_section("Results", results_table(summaries, metrics, bench_order=BENCHES), RESULTS_NOTE,
                                      note_first=True)]
+    by_steps = steps_table(load_step_rows(evals), bench_order=BENCHES)
+    if by_steps:
+        sections.append(render.table_section("Accuracy by reasoning steps", by_steps, STEPS_NOTE))
     if any(s["bench"] in BENCHES for s in summaries):
         sections.append(render.table_section("Published numbers (other base models)", published_table(),
                                              PUBLISHED_NOTE))

@@ -119,7 +119,7 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0, n: int = 8) -> Path:
                      "parsed": r.answer, "gold": r.answer, "correct": bool(rng.random() < acc),
                      "generated_tokens": 20 + 10 * i if method == "cot_sft" else 3,
                      "latent_steps": 2 if method == "lori" else 0,
-                     "latency_s": 0.01} for r in recs]
+                     "latency_s": 0.01, "cot_steps": len(r.steps)} for r in recs]
             out = run / "eval" / method / f"{b}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -96,7 +96,7 @@ def test_docs_list_the_store_fields():
     rows_line = next(l for l in table.splitlines() if l.startswith("| `eval/<m>/<b>.jsonl`"))
     summary_line = next(l for l in table.splitlines() if l.startswith("| `eval/<m>/<b>.json`"))
     names = lambda line: re.findall(r"`([a-z_]+)`", line.split("|")[2])  # noqa: E731
-    assert tuple(names(rows_line)) == evaluation.ROW_FIELDS
+    assert tuple(names(rows_line)) == evaluation.ROW_FIELDS + evaluation.OPTIONAL_ROW_FIELDS
     assert set(names(summary_line)) == {*evaluation.SUMMARY_KEYS, "wall_s", "config_hash", "lori_version"}
 
 

@@ -59,6 +59,7 @@ def test_harness_answers_as_evaluate_does(which, tiny_teacher, synthetic_run, tm
     records = read_records(data)[:LIMIT]
     rows = answer_rows(model.eval(), tokenizer, records, 16, 12, "cpu")
     by_question = {r.question: harness.cut(row["prediction"], ["\n\n"]) for r, row in zip(records, rows)}
+    assert [row["cot_steps"] for row in rows] == [len(r.steps) for r in records]
     for s in samples:
         assert s["resps"][0][0] == by_question[s["doc"]["question"]], s["doc"]["id"]
 

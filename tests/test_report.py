@@ -120,6 +120,11 @@ def test_report_opens_with_provenance_and_has_one_accuracy_table(runs, tmp_path)
     assert results[("longer", "cot_sft")]["generated tokens"] == "30.0"
     assert results[("test", "lori")]["latent steps"] == "2" and results[("test", "no_cot")]["latent steps"] == "0"
     assert results[("test", "lori")]["train steps"] == "5"
+    # accuracy by the reference CoT's step count, from the per-problem rows
+    by_steps = table_rows(md, "Accuracy by reasoning steps")
+    rows = [json.loads(l) for l in (a / "eval" / "lori" / "test.jsonl").read_text().splitlines()]
+    two = [r["correct"] for r in rows if r["cot_steps"] == 2]
+    assert by_steps[("test", "lori")]["2 steps"] == f"{100 * sum(two) / len(two):.1f} ({len(two)})"
 
 
 def test_provenance_without_git_or_artifacts_says_unknown(tmp_path, monkeypatch):

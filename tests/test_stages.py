@@ -130,6 +130,8 @@ def test_evaluation_outputs(pipeline):
     assert summary["latent_steps"] == 3
     assert 0 <= summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"] <= 1
     assert all(1 <= r["generated_tokens"] <= 6 for r in rows)
+    # each row carries its reference CoT's step count (the report's accuracy by reasoning steps)
+    assert [r["cot_steps"] for r in rows] == [len(rec.steps) for rec in read_records(pipeline["test"])]
     # the thought-shuffle test ran beside it, with consistent counts
     shuffle = summary["thought_shuffle"]
     assert shuffle["correct"] == sum(r["correct_shuffled"] for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lori.analysis.stats import wilson_interval
-from lori.analysis.tables import ablation_table, results_table, training_cost
+from lori.analysis.tables import ablation_table, results_table, steps_table, training_cost
 
 
 def summary(student: str, bench: str, correct: int, n: int = 100, shuffled: int | None = None,
@@ -92,3 +92,19 @@ def test_published_table_cites_every_number():
     codi_gpt2 = next(r for r in rows if r[0] == "GPT-2 small" and r[1] == "codi")
     assert codi_gpt2[2:5] == ["43.7", "9.9", "42.9"]
     assert all(r[-1] for r in rows)
+
+
+def test_accuracy_by_steps_pools_seeds_per_step_count():
+    rows = {("lori", "test"): [(2, True), (2, False), (3, True), (4, False)],
+            ("lori-seed1", "test"): [(2, True), (2, True), (3, False), (4, False)],
+            ("no_cot", "test"): [(2, True), (2, False), (3, False), (4, False)],
+            ("lori", "longer"): [(5, True), (5, False)]}          # one step count only: nothing to split
+    header, table = steps_table(rows, bench_order=("test",))
+    assert header == ["benchmark", "method", "2 steps", "3 steps", "4 steps", "5 steps"]
+    by = {(r[0], r[1]): dict(zip(header, r)) for r in table}
+    assert set(by) == {("test", "no_cot"), ("test", "lori")}
+    assert by[("test", "lori")]["2 steps"] == "75.0 (4)"          # 3 of the 4 pooled two-step problems
+    assert by[("test", "lori")]["3 steps"] == "50.0 (2)" and by[("test", "lori")]["4 steps"] == "0.0 (2)"
+    assert by[("test", "no_cot")]["2 steps"] == "50.0 (2)" and by[("test", "no_cot")]["5 steps"] == "—"
+    assert [r[1] for r in table] == ["no_cot", "lori"]            # the report's method order
+    assert steps_table({("lori", "longer"): [(5, True)], ("no_cot", "svamp"): [(0, False)]}) is None

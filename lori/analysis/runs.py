@@ -64,6 +64,20 @@ def load_rows(summary_paths: Sequence[str]) -> Correctness:
     return out
 
 
+def load_step_rows(summary_paths: Sequence[str]) -> dict[tuple[str, str], list[tuple[int, bool]]]:
+    """``(method, bench) -> [(cot_steps, correct), ...]`` from the per-problem rows that record the
+    reference CoT's step count (rows of older evaluations, without ``cot_steps``, are left out)."""
+    out = {}
+    for p in summary_paths:
+        rows_path, s = evaluation.rows_path(p), evaluation.read_summary(p)
+        if rows_path.exists():
+            pairs = [(int(r["cot_steps"]), bool(r["correct"])) for r in evaluation.read_rows(rows_path)
+                     if "cot_steps" in r]
+            if pairs:
+                out[(s["method"], s["bench"])] = pairs
+    return out
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a training metrics jsonl (``*_metrics.jsonl``); none when the file is absent."""
     p = Path(path)

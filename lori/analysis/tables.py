@@ -1,5 +1,5 @@
 """The report's tables: one results table (accuracy, thought reliance, answer and training cost per
-method and benchmark), ablations, per-problem agreement, low-rank structure.
+method and benchmark), accuracy by reasoning steps, ablations, per-problem agreement, low-rank structure.
 
 Plain functions from evaluation summaries (``eval/<student>/<bench>.json``), training metrics
 (``students/<student>_metrics.jsonl``) and agreement pairs (:func:`lori.analysis.stats.agreement`)
@@ -129,6 +129,36 @@ def ablation_table(summaries: list[dict], sweep: dict[str, dict]) -> Table:
             rows.append([name, method, changes.replace("'", ""), bench, _mean_sd([s["accuracy"] for s in group]),
                          _mean_sd([s["accuracy"] for s in base]) if base else "—",
                          f"{100 * (acc - base_acc):+.1f}" if base_acc is not None else "—"])
+    return header, rows
+
+
+STEPS_NOTE = ("Accuracy % on the problems whose reference CoT has that many steps (n problems, all seeds pooled). "
+              "Where accuracy falls with the step count, the method does not carry a chain of intermediate "
+              "results; a latent method whose thoughts do carry it keeps more of its accuracy on long chains.")
+
+
+def steps_table(step_rows: dict[tuple[str, str], list[tuple[int, bool]]], bench_order: tuple[str, ...] = ()) -> Table | None:
+    """Accuracy by the reference CoT's step count, a row per variant and benchmark (seeds pooled);
+    None when no benchmark mixes step counts (nothing to split)."""
+    per_bench: dict[str, set[int]] = defaultdict(set)
+    pooled: dict[tuple[str, str], dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for (method, bench), pairs in step_rows.items():
+        for steps, correct in pairs:
+            per_bench[bench].add(steps)
+            pooled[(split_student(method)[0], bench)][steps].append(correct)
+    counts = sorted({k for ks in per_bench.values() for k in ks})
+    if not any(len(ks) > 1 for ks in per_bench.values()):
+        return None
+    header = ["benchmark", "method"] + [f"{k} step{'s' if k != 1 else ''}" for k in counts]
+    benches = _ordered([b for b in dict.fromkeys(b for _, b in pooled) if len(per_bench[b]) > 1], bench_order)
+    variants = _ordered(list(dict.fromkeys(v for v, _ in pooled)), METHOD_ORDER)
+    rows = []
+    for bench in benches:
+        for variant in variants:
+            by_steps = pooled.get((variant, bench))
+            if by_steps:
+                rows.append([bench, variant] + [f"{_pct(sum(by_steps[k]) / len(by_steps[k]))} ({len(by_steps[k])})"
+                                                if by_steps.get(k) else "—" for k in counts])
     return header, rows
 
 

@@ -3,8 +3,9 @@
 Written by the ``evaluate`` stage, read by the report, ``lori compare`` and ``lori thoughts``.
 This module is that store's single contract (docs/artifacts.md lists the same fields):
 
-- a per-problem row holds :data:`ROW_FIELDS`; a latent student's rows evaluated with the
-  thought-shuffle test add ``correct_shuffled``;
+- a per-problem row holds :data:`ROW_FIELDS` and ``cot_steps`` (the reference CoT's step count, 0
+  when the dataset has none; optional, rows of older versions lack it); a latent student's rows
+  evaluated with the thought-shuffle test add ``correct_shuffled``;
 - a summary holds :data:`SUMMARY_KEYS`, plus ``wall_s``, ``config_hash``, ``lori_version`` and,
   with the thought-shuffle test, a ``thought_shuffle`` block;
 - the rows of a summary ``X.json`` are ``X.jsonl`` beside it (:func:`rows_path`).
@@ -22,6 +23,9 @@ from lori.artifacts.store import ArtifactError, atomic_write_text, read_json, wr
 
 #: the fields of every per-problem row, in the order ``evaluate`` writes them
 ROW_FIELDS = ("id", "prediction", "parsed", "gold", "correct", "generated_tokens", "latent_steps", "latency_s")
+#: fields a row may add: the reference CoT's step count (rows of older versions lack it) and, for a
+#: latent student under the thought-shuffle test, whether it answered right with another problem's thoughts
+OPTIONAL_ROW_FIELDS = ("cot_steps", "correct_shuffled")
 #: the keys every summary has (means are per problem; ci_* is the Wilson 95% interval of accuracy)
 SUMMARY_KEYS = ("method", "bench", "n", "correct", "accuracy", "ci_low", "ci_high", "generated_tokens",
                 "latent_steps", "latency_s")

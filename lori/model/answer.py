@@ -20,7 +20,8 @@ from lori.progress import tqdm  # tqdm that also writes lines into log files
 def answer_rows(model, tokenizer, records: list[Record], batch_size: int, max_new_tokens: int, device,
                 desc: str | None = None) -> list[dict]:
     """One row per problem: id, prediction, parsed, gold, correct, generated_tokens, latent_steps,
-    latency_s (the ``eval/<method>/<bench>.jsonl`` row, :mod:`lori.artifacts.evaluation`).
+    latency_s, cot_steps (the ``eval/<method>/<bench>.jsonl`` row, :mod:`lori.artifacts.evaluation`;
+    ``cot_steps`` is the reference CoT's step count, 0 when the dataset has none).
 
     The caller puts ``model`` in eval mode; decoding runs without gradients. ``desc`` shows a
     progress bar (none when None)."""
@@ -41,5 +42,5 @@ def answer_rows(model, tokenizer, records: list[Record], batch_size: int, max_ne
         for r, g in zip(batch, generate(batch)):
             rows.append({"id": r.id, "prediction": g.text, "parsed": extract(g.text), "gold": r.answer,
                          "correct": is_correct(g.text, r.answer), "generated_tokens": g.tokens,
-                         "latent_steps": latent, "latency_s": g.latency})
+                         "latent_steps": latent, "latency_s": g.latency, "cot_steps": len(r.steps)})
     return rows
