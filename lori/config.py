@@ -150,6 +150,8 @@ def split_spec(config: dict, split: str) -> dict:
     values = {k: v for k, v in spec.items() if v is not None}
     if spec["kind"] == "quickstart":
         values = {**config["data"]["quickstart"], "global_seed": config["seed"], **values}
+        if not values.get("wrap"):
+            values.pop("wrap", None)   # no flag when off: existing runs keep their cached data jobs
     return {"split": split, **values}
 
 

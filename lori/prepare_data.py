@@ -44,6 +44,7 @@ class PrepareDataConfig:
     min_steps: int = 2                   # quickstart: chained operations per problem
     max_steps: int = 4
     max_value: int = 99                  # quickstart: values stay in [0, max_value]
+    wrap: bool = False                   # quickstart: count modulo max_value + 1 (no answer leak through operands)
 
     def __post_init__(self):
         if self.kind != "quickstart" and not self.path:
@@ -60,7 +61,7 @@ def load_split(cfg: PrepareDataConfig, exclude_questions: set[str] | None = None
     """Records of one split, per its spec."""
     if cfg.kind == "quickstart":
         return generate(cfg.n, cfg.split_seed, cfg.min_steps, cfg.max_steps, cfg.max_value,
-                        split=cfg.split, exclude=exclude_questions)
+                        split=cfg.split, exclude=exclude_questions, wrap=cfg.wrap)
     if cfg.kind == "mult_synth":
         return generate_mult(cfg.n, cfg.split_seed, cfg.path, split=cfg.split)
     if cfg.kind in FILE_KINDS:

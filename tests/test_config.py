@@ -64,7 +64,7 @@ def test_minimal_config_fills_nested_defaults():
     assert cfg["model"]["scratch"]["hidden_size"] == 128
     assert cfg["teacher_sft"]["steps"] == 1400 and cfg["teacher_sft"]["betas"] == [0.9, 0.98]
     assert cfg["distill"]["common"]["init"] == "teacher"
-    assert cfg["data"]["quickstart"] == {"min_steps": 2, "max_steps": 4, "max_value": 99}
+    assert cfg["data"]["quickstart"] == {"min_steps": 2, "max_steps": 4, "max_value": 99, "wrap": False}
     assert cfg["dump_hidden"]["layers"] == "all"
     assert cfg["evaluate"] == {"batch_size": 250, "max_new_tokens": 96, "thought_shuffle": True}
     assert cfg["seeds"] is None and cfg["sweep"] == {}
@@ -298,6 +298,17 @@ def test_rule_flags_and_the_config_path_give_a_stage_the_same_knobs(profile, mon
         paths = [("--student", "(optional) x")] if stage == "distill" else []
         by_config, _ = parse_stage_args(cls, ["--config", str(profile), *select.get(stage, [])], "t", paths, stage)
         assert by_rule == by_config, f"{profile.name}: {stage} {job}"
+
+
+def test_wrap_reaches_prepare_data_only_when_on(raw):
+    """data.quickstart.wrap off adds no flag (runs made before the knob keep their cached data jobs)."""
+    from lori.config import stage_args, to_flags
+
+    config = validate_config(copy.deepcopy(raw), "t")
+    assert "wrap" not in stage_args(config, "prepare_data", split="test")
+    config["data"]["quickstart"]["wrap"] = True
+    assert stage_args(config, "prepare_data", split="test")["wrap"] is True
+    assert "--wrap true" in to_flags(stage_args(config, "prepare_data", split="train"))
 
 
 def test_stage_args_knows_every_stage_and_refuses_others(raw):

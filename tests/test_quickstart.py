@@ -45,6 +45,39 @@ def test_every_record_chains(min_steps, max_steps, max_value):
     assert {m[2] for r in recs for m in map(STEP.match, r.steps)} == {"+", "-", "*"}
 
 
+def test_wrapped_problems_count_modulo_and_leak_nothing_through_operands():
+    """wrap: every step is ``(a op b) mod (max_value + 1)``, starts and answers cover the whole range
+    evenly, and the last step's operation and operand say nothing about the answer."""
+    from collections import Counter, defaultdict
+
+    recs = generate(4000, seed=5, min_steps=3, max_steps=6, max_value=10, wrap=True)
+    for rec in recs:
+        value = int(START.match(rec.question).group(1))
+        assert 3 <= len(rec.steps) <= 6
+        for step in rec.steps:
+            a, op, b, c = STEP.match(step).groups()
+            assert int(a) == value and int(c) == OPS[op](int(a), int(b)) % 11, step
+            assert 2 <= int(b) <= 5 if op == "*" else 1 <= int(b) <= 10
+            value = int(c)
+        assert rec.answer == str(value)
+    starts = Counter(int(START.match(r.question).group(1)) for r in recs)
+    answers = Counter(int(r.answer) for r in recs)
+    assert set(starts) == set(answers) == set(range(11))
+    assert max(answers.values()) / len(recs) < 0.12                 # ~1/11 each: no majority answer
+    # the most frequent answer after each last (operation, operand): near 1/11, as without it
+    by_last = defaultdict(Counter)
+    for r in recs:
+        by_last[STEP.match(r.steps[-1]).group(2, 3)][r.answer] += 1
+    guessed = sum(c.most_common(1)[0][1] for c in by_last.values()) / len(recs)
+    assert guessed < 0.2, guessed
+    # the range-keeping default leaks: the same guess does far better there
+    plain = generate(4000, seed=5, min_steps=3, max_steps=6, max_value=10)
+    by_last = defaultdict(Counter)
+    for r in plain:
+        by_last[STEP.match(r.steps[-1]).group(2, 3)][r.answer] += 1
+    assert sum(c.most_common(1)[0][1] for c in by_last.values()) / len(plain) > 0.3
+
+
 def test_deterministic_per_seed():
     a = generate(50, seed=3)
     b = generate(50, seed=3)
