@@ -98,13 +98,15 @@ def test_accuracy_by_steps_pools_seeds_per_step_count():
     rows = {("lori", "test"): [(2, True), (2, False), (3, True), (4, False)],
             ("lori-seed1", "test"): [(2, True), (2, True), (3, False), (4, False)],
             ("no_cot", "test"): [(2, True), (2, False), (3, False), (4, False)],
+            ("codi", "test"): [(2, True)],
             ("lori", "longer"): [(5, True), (5, False)]}          # one step count only: nothing to split
     header, table = steps_table(rows, bench_order=("test",))
-    assert header == ["benchmark", "method", "2 steps", "3 steps", "4 steps", "5 steps"]
+    assert header == ["benchmark", "method", "2 steps", "3 steps", "4 steps"]      # not longer's 5: not split
     by = {(r[0], r[1]): dict(zip(header, r)) for r in table}
-    assert set(by) == {("test", "no_cot"), ("test", "lori")}
+    assert set(by) == {("test", "no_cot"), ("test", "codi"), ("test", "lori")}
+    assert by[("test", "codi")]["2 steps"] == "100.0 (1)" and by[("test", "codi")]["3 steps"] == "—"
     assert by[("test", "lori")]["2 steps"] == "75.0 (4)"          # 3 of the 4 pooled two-step problems
     assert by[("test", "lori")]["3 steps"] == "50.0 (2)" and by[("test", "lori")]["4 steps"] == "0.0 (2)"
-    assert by[("test", "no_cot")]["2 steps"] == "50.0 (2)" and by[("test", "no_cot")]["5 steps"] == "—"
-    assert [r[1] for r in table] == ["no_cot", "lori"]            # the report's method order
+    assert by[("test", "no_cot")]["2 steps"] == "50.0 (2)" and by[("test", "no_cot")]["4 steps"] == "0.0 (1)"
+    assert [r[1] for r in table] == ["no_cot", "codi", "lori"]    # the report's method order
     assert steps_table({("lori", "longer"): [(5, True)], ("no_cot", "svamp"): [(0, False)]}) is None

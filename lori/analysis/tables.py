@@ -146,11 +146,12 @@ def steps_table(step_rows: dict[tuple[str, str], list[tuple[int, bool]]], bench_
         for steps, correct in pairs:
             per_bench[bench].add(steps)
             pooled[(split_student(method)[0], bench)][steps].append(correct)
-    counts = sorted({k for ks in per_bench.values() for k in ks})
-    if not any(len(ks) > 1 for ks in per_bench.values()):
+    split = {b: ks for b, ks in per_bench.items() if len(ks) > 1}    # a benchmark of one length has nothing to split
+    if not split:
         return None
+    counts = sorted({k for ks in split.values() for k in ks})
     header = ["benchmark", "method"] + [f"{k} step{'s' if k != 1 else ''}" for k in counts]
-    benches = _ordered([b for b in dict.fromkeys(b for _, b in pooled) if len(per_bench[b]) > 1], bench_order)
+    benches = _ordered([b for b in dict.fromkeys(b for _, b in pooled) if b in split], bench_order)
     variants = _ordered(list(dict.fromkeys(v for v, _ in pooled)), METHOD_ORDER)
     rows = []
     for bench in benches:
