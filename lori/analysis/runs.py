@@ -65,16 +65,26 @@ def load_rows(summary_paths: Sequence[str]) -> Correctness:
 
 
 def load_step_rows(summary_paths: Sequence[str]) -> dict[tuple[str, str], list[tuple[int, bool]]]:
-    """``(method, bench) -> [(cot_steps, correct), ...]`` from the per-problem rows that record the
-    reference CoT's step count (rows of older evaluations, without ``cot_steps``, are left out)."""
-    out = {}
+    """``(method, bench) -> [(cot_steps, correct), ...]`` from the per-problem rows.
+
+    Rows written before evaluation recorded ``cot_steps`` get it from the run's own benchmark
+    records (``<run>/data/<bench>.jsonl`` beside ``eval/``) when those are there; problems whose
+    step count is known neither way are left out."""
+    out, steps_of = {}, {}
     for p in summary_paths:
         rows_path, s = evaluation.rows_path(p), evaluation.read_summary(p)
-        if rows_path.exists():
-            pairs = [(int(r["cot_steps"]), bool(r["correct"])) for r in evaluation.read_rows(rows_path)
-                     if "cot_steps" in r]
-            if pairs:
-                out[(s["method"], s["bench"])] = pairs
+        if not rows_path.exists():
+            continue
+        rows = evaluation.read_rows(rows_path)
+        if any("cot_steps" not in r for r in rows):
+            data = Path(p).resolve().parents[2] / "data" / f"{s['bench']}.jsonl"    # <run>/eval/<method>/<bench>.json
+            if data not in steps_of:
+                steps_of[data] = {rec.id: len(rec.steps) for rec in read_records(data)} if data.exists() else {}
+            rows = [r if "cot_steps" in r or r["id"] not in steps_of[data] else {**r, "cot_steps": steps_of[data][r["id"]]}
+                    for r in rows]
+        pairs = [(int(r["cot_steps"]), bool(r["correct"])) for r in rows if "cot_steps" in r]
+        if pairs:
+            out[(s["method"], s["bench"])] = pairs
     return out
 
 
