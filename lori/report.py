@@ -46,12 +46,13 @@ from lori.analysis.provenance import PROVENANCE_NOTE, provenance
 from lori.analysis.published import BENCHES, PUBLISHED_NOTE, published_table
 from lori.analysis.runs import (
     load_extras,
+    correctness,
+    load_eval_rows,
     load_factor_summary,
     load_metrics,
-    load_rows,
-    load_step_rows,
     run_dir,
     run_inputs,
+    step_rows,
     teacher_cots,
 )
 from lori.analysis.stats import agreement
@@ -113,7 +114,8 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
     if not summaries:
         raise ValueError("report: no evaluation summaries given")
     factors = load_factor_summary(factors_path) if factors_path else None
-    metrics, per_problem = load_metrics(metrics_paths), load_rows(evals)
+    eval_rows = load_eval_rows(evals)       # read once: per-problem agreement and accuracy by steps
+    metrics, per_problem = load_metrics(metrics_paths), correctness(eval_rows)
     pairs = agreement(per_problem)
     thoughts = None
     if thought_data and students and cfg.thought_examples > 0:
@@ -123,7 +125,7 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
     sections = [render.facts_section("Provenance", provenance(run_root, summaries, factors), PROVENANCE_NOTE),
                 render.table_section("Results", results_table(summaries, metrics, bench_order=BENCHES), RESULTS_NOTE,
                                      note_first=True)]
-    by_steps = steps_table(load_step_rows(evals), bench_order=BENCHES)
+    by_steps = steps_table(step_rows(eval_rows), bench_order=BENCHES)
     if by_steps:
         sections.append(render.table_section("Accuracy by reasoning steps", by_steps, STEPS_NOTE))
     if any(s["bench"] in BENCHES for s in summaries):

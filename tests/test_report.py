@@ -126,18 +126,17 @@ def test_report_opens_with_provenance_and_has_one_accuracy_table(runs, tmp_path)
     two = [r["correct"] for r in rows if r["cot_steps"] == 2]
     assert by_steps[("test", "lori")]["2 steps"] == f"{100 * sum(two) / len(two):.1f} ({len(two)})"
     # rows of older evaluations, without cot_steps, take it from the run's benchmark records
-    from lori.analysis.runs import load_step_rows
+    from lori.analysis.runs import load_eval_rows, step_rows
 
-    evals = run_inputs(a)["evals"]
-    expected = load_step_rows(evals)
+    expected = step_rows(load_eval_rows(run_inputs(a)["evals"]))
     old = tmp_path / "old" / "a"
     shutil.copytree(a, old)
     for path in old.glob("eval/*/*.jsonl"):
         path.write_text("".join(json.dumps({k: v for k, v in json.loads(l).items() if k != "cot_steps"}) + "\n"
                                 for l in path.read_text().splitlines()))
-    assert load_step_rows(run_inputs(old)["evals"]) == expected
+    assert step_rows(load_eval_rows(run_inputs(old)["evals"])) == expected
     shutil.rmtree(old / "data")
-    assert load_step_rows(run_inputs(old)["evals"]) == {}        # nothing to take it from: no table
+    assert step_rows(load_eval_rows(run_inputs(old)["evals"])) == {}        # nothing to take it from: no table
 
 
 def test_provenance_without_git_or_artifacts_says_unknown(tmp_path, monkeypatch):

@@ -53,38 +53,48 @@ def run_inputs(run: Path) -> dict:
 
 
 # ---------------------------------------------------------------- evaluations, metrics, factors
-def load_rows(summary_paths: Sequence[str]) -> Correctness:
-    """``(method, bench) -> {problem id: correct}`` from the per-problem rows next to each summary
+EvalRows = dict[tuple[str, str], tuple[Path, list[dict]]]   # (method, bench) -> (summary path, per-problem rows)
+
+
+def load_eval_rows(summary_paths: Sequence[str]) -> EvalRows:
+    """The per-problem rows next to each summary, read once for every view of them below
     (summaries without rows are left out)."""
     out = {}
     for p in summary_paths:
         rows_path, s = evaluation.rows_path(p), evaluation.read_summary(p)
         if rows_path.exists():
-            out[(s["method"], s["bench"])] = {r["id"]: bool(r["correct"]) for r in evaluation.read_rows(rows_path)}
+            out[(s["method"], s["bench"])] = (Path(p), evaluation.read_rows(rows_path))
     return out
 
 
-def load_step_rows(summary_paths: Sequence[str]) -> dict[tuple[str, str], list[tuple[int, bool]]]:
-    """``(method, bench) -> [(cot_steps, correct), ...]`` from the per-problem rows.
+def correctness(eval_rows: EvalRows) -> Correctness:
+    """``(method, bench) -> {problem id: correct}``."""
+    return {key: {r["id"]: bool(r["correct"]) for r in rows} for key, (_, rows) in eval_rows.items()}
+
+
+def load_rows(summary_paths: Sequence[str]) -> Correctness:
+    """``(method, bench) -> {problem id: correct}`` from the per-problem rows next to each summary
+    (summaries without rows are left out)."""
+    return correctness(load_eval_rows(summary_paths))
+
+
+def step_rows(eval_rows: EvalRows) -> dict[tuple[str, str], list[tuple[int, bool]]]:
+    """``(method, bench) -> [(cot_steps, correct), ...]``.
 
     Rows written before evaluation recorded ``cot_steps`` get it from the run's own benchmark
     records (``<run>/data/<bench>.jsonl`` beside ``eval/``) when those are there; problems whose
     step count is known neither way are left out."""
     out, steps_of = {}, {}
-    for p in summary_paths:
-        rows_path, s = evaluation.rows_path(p), evaluation.read_summary(p)
-        if not rows_path.exists():
-            continue
-        rows = evaluation.read_rows(rows_path)
+    for (method, bench), (summary, rows) in eval_rows.items():
         if any("cot_steps" not in r for r in rows):
-            data = Path(p).resolve().parents[2] / "data" / f"{s['bench']}.jsonl"    # <run>/eval/<method>/<bench>.json
+            data = summary.resolve().parents[2] / "data" / f"{bench}.jsonl"    # <run>/eval/<method>/<bench>.json
             if data not in steps_of:
                 steps_of[data] = {rec.id: len(rec.steps) for rec in read_records(data)} if data.exists() else {}
             rows = [r if "cot_steps" in r or r["id"] not in steps_of[data] else {**r, "cot_steps": steps_of[data][r["id"]]}
                     for r in rows]
         pairs = [(int(r["cot_steps"]), bool(r["correct"])) for r in rows if "cot_steps" in r]
         if pairs:
-            out[(s["method"], s["bench"])] = pairs
+            out[(method, bench)] = pairs
     return out
 
 

@@ -67,6 +67,14 @@ def _ordered(items: list[str], order: tuple[str, ...]) -> list[str]:
     return sorted(items, key=lambda x: (order.index(x) if x in order else len(order), items.index(x)))
 
 
+def _report_order(keys, bench_order: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The ``(variant, bench)`` keys present, benchmark by benchmark (``bench_order`` first), and
+    within one in :data:`METHOD_ORDER`, other variants after them in first-seen order."""
+    benches = _ordered(list(dict.fromkeys(b for _, b in keys)), bench_order)
+    variants = _ordered(list(dict.fromkeys(v for v, _ in keys)), METHOD_ORDER)
+    return [(v, b) for b in benches for v in variants if (v, b) in keys]
+
+
 def results_table(summaries: list[dict], metrics: dict[str, list[dict]], bench_order: tuple[str, ...] = ()) -> Table:
     """The report's one accuracy table: a row per variant and benchmark (seeds aggregated) with its
     accuracy, pooled CI, thought reliance, answer cost (tokens, latent steps, latency) and training cost.
@@ -77,15 +85,8 @@ def results_table(summaries: list[dict], metrics: dict[str, list[dict]], bench_o
     header = ["benchmark", "method", "seeds", "n", "accuracy %", "95% CI (pooled)", "shuffled-thought drop (points)",
               "generated tokens", "latent steps", "ms / problem", "train steps", "train wall s", "train PFLOPs"]
     groups = group_by_variant(summaries)
-    benches = _ordered(list(dict.fromkeys(b for _, b in groups)), bench_order)
-    variants = _ordered(list(dict.fromkeys(v for v, _ in groups)), METHOD_ORDER)
-    rows = []
-    for bench in benches:
-        for variant in variants:
-            group = groups.get((variant, bench))
-            if group:
-                rows.append(_result_row(variant, bench, group, metrics))
-    return header, rows
+    return header, [_result_row(variant, bench, groups[(variant, bench)], metrics)
+                    for variant, bench in _report_order(groups, bench_order)]
 
 
 def _result_row(variant: str, bench: str, group: list[dict], metrics: dict[str, list[dict]]) -> list[str]:
@@ -151,16 +152,13 @@ def steps_table(step_rows: dict[tuple[str, str], list[tuple[int, bool]]], bench_
         return None
     counts = sorted({k for ks in split.values() for k in ks})
     header = ["benchmark", "method"] + [f"{k} step{'s' if k != 1 else ''}" for k in counts]
-    benches = _ordered([b for b in dict.fromkeys(b for _, b in pooled) if b in split], bench_order)
-    variants = _ordered(list(dict.fromkeys(v for v, _ in pooled)), METHOD_ORDER)
-    rows = []
-    for bench in benches:
-        for variant in variants:
-            by_steps = pooled.get((variant, bench))
-            if by_steps:
-                rows.append([bench, variant] + [f"{_pct(sum(by_steps[k]) / len(by_steps[k]))} ({len(by_steps[k])})"
-                                                if by_steps.get(k) else "—" for k in counts])
-    return header, rows
+    shown = {key: by_steps for key, by_steps in pooled.items() if key[1] in split}
+
+    def cell(outcomes: list[bool]) -> str:
+        return f"{_pct(sum(outcomes) / len(outcomes))} ({len(outcomes)})" if outcomes else "—"
+
+    return header, [[bench, variant] + [cell(shown[(variant, bench)].get(k, [])) for k in counts]
+                    for variant, bench in _report_order(shown, bench_order)]
 
 
 AGREEMENT_NOTE = ("Paired on problem ids. McNemar p: exact two-sided test that the problems only one method "

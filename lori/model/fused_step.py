@@ -199,7 +199,8 @@ class LayerGate(torch.autograd.Function):
         d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
         if needs[4]:
             d_qkv_b = grad_qkv.sum(0)
-        grads = (prompt("keys") if needs[0] else None, prompt("values") if needs[1] else None, norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
+        grads = (prompt("keys") if needs[0] else None, prompt("values") if needs[1] else None,
+                 norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
                  summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
                  summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
         g.clear()
