@@ -206,8 +206,10 @@ def stage_args(config: dict, stage: str, *, split: str | None = None, student: s
         return with_validation(config, {**config["model"], **config["teacher_sft"], **training_runtime(config, stage),
                                         **lora_args(config, stage)})
     if stage == "distill":
-        return with_validation(config, {**student_config(config, student or "lori"), **training_runtime(config, stage),
-                                        **lora_args(config, stage)})
+        values = student_config(config, student or "lori")
+        if not values.get("length_curriculum"):
+            values.pop("length_curriculum", None)   # no flag when off: cached students stay cached
+        return with_validation(config, {**values, **training_runtime(config, stage), **lora_args(config, stage)})
     if stage == "dump_hidden":
         # shards: 1 adds no flag, so an unsharded dump's command is the one it always was (cached)
         return {k: v for k, v in config["dump_hidden"].items() if k != "shards" or v != 1}

@@ -32,7 +32,7 @@ import logging
 import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 from lori.artifacts.factors import check_factors_fit, load_factors
 from lori.artifacts.store import ArtifactError
@@ -58,6 +58,7 @@ log = logging.getLogger("lori.distill")
 class _DistillBase(OptimConfig):
     method: str = "lori"                 # lori | no_cot | codi | coconut | icot_si (lori.training.recipes)
     init: Literal["teacher", "base"] = "teacher"   # start from the CoT teacher or re-initialise its architecture
+    length_curriculum: int = 0           # optimizer steps per chain-length stage: shortest CoTs first (0 = off)
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -146,6 +147,28 @@ def tensorboard_dir(out: str) -> Path:
     return Path(out).parent.parent / "tb" / Path(out).name
 
 
+def curriculum_stream(cfg: DistillConfig, records) -> Iterator[list[int]] | None:
+    """The batch stream of ``cfg.length_curriculum`` > 0: problems with the fewest CoT steps first,
+    one longer length more every ``length_curriculum`` steps, then all problems
+    (:func:`lori.training.loop.length_curriculum_batches`); None when off (plain seeded epochs)."""
+    from lori.training.loop import length_curriculum_batches
+
+    if cfg.length_curriculum <= 0:
+        return None
+    lengths = [len(r.steps) for r in records]
+    levels = sorted(set(lengths))
+    if levels == [0]:
+        raise ArtifactError("length_curriculum needs the records' CoT steps, and these records have none "
+                            "(set distill.common.length_curriculum: 0)")
+    ramp = cfg.length_curriculum * (len(levels) - 1)
+    log.info("length curriculum: CoT lengths %s, one more every %d steps; all problems from step %d",
+             levels, cfg.length_curriculum, ramp)
+    if ramp >= cfg.steps:
+        log.warning("length_curriculum: the ramp (%d steps) is not over before the last step (%d): the longest "
+                    "problems are never trained on", ramp, cfg.steps)
+    return length_curriculum_batches(lengths, cfg.batch_size, cfg.seed, cfg.length_curriculum)
+
+
 def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_path: str | None = None,
         factors_path: str | None = None, metrics: str | None = None,
         match: tuple[str, str, str] | None = None, val: str | None = None) -> list[dict]:
@@ -186,11 +209,12 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
                                                          targets, factors))
     # decoded the way `evaluate` decodes this student: K latent thoughts (0: No-CoT, iCoT-SI), then the answer
     evaluator = validation_evaluator(student, tokenizer, val, cfg, device)
+    stream = curriculum_stream(cfg, records)
     ckpt = checkpoint_dir(out)   # resumable: a killed run continues from <out>.ckpt (lori.training.loop)
     run_id = fingerprint(asdict(cfg), teacher, records_path, targets_path, factors_path, *([val] if val else []))
     rows = fit(student, recipe.loss_step, len(records), cfg, cfg.seed, metrics, desc=f"distill[{cfg.method}]",
                ckpt=ckpt, run_id=run_id, dist_info=info, on_step=recipe.on_step, evaluator=evaluator,
-               tb_dir=tensorboard_dir(out))
+               tb_dir=tensorboard_dir(out), stream=stream)
     if adapters is not None:
         student.model = merge_lora(adapters)     # saved merged: evaluate and `lori thoughts` load it as is
     student.eval()

@@ -311,6 +311,19 @@ def test_wrap_reaches_prepare_data_only_when_on(raw):
     assert "--wrap true" in to_flags(stage_args(config, "prepare_data", split="train"))
 
 
+def test_length_curriculum_reaches_distill_only_when_on(raw):
+    """distill.common.length_curriculum 0 adds no flag (students trained before the knob stay cached);
+    a method block or a variant can turn it on for its own students."""
+    from lori.config import stage_args, to_flags
+
+    config = validate_config(copy.deepcopy(raw), "t")
+    assert config["distill"]["common"]["length_curriculum"] == 0
+    assert "length_curriculum" not in stage_args(config, "distill", student="lori")
+    config["distill"]["lori"] = {**config["distill"].get("lori", {}), "length_curriculum": 250}
+    assert "--length-curriculum 250" in to_flags(stage_args(config, "distill", student="lori"))
+    assert "length_curriculum" not in stage_args(config, "distill", student="no_cot")
+
+
 def test_stage_args_knows_every_stage_and_refuses_others(raw):
     from lori.config import STAGES, stage_args
 

@@ -380,3 +380,31 @@ def test_lori_with_step_anchors_trains_and_logs_the_term(tiny):
     steps = [r["step_anchor"] for r in rows]
     assert all(math.isfinite(s) and s > 0 for s in steps)
     assert sum(steps[-3:]) < sum(steps[:3])
+
+
+# ---------------------------------------------------------------- length curriculum (every method)
+def test_length_curriculum_starts_every_student_on_the_shortest_cots(tiny, tmp_path, caplog):
+    """distill's stream with length_curriculum > 0 draws the fewest-step records first; records
+    without CoT steps are refused with a clear error; off, the loop's plain epochs are used."""
+    import itertools
+
+    from lori.artifacts.store import ArtifactError
+
+    records = read_records(tiny["train"])
+    lengths = [len(r.steps) for r in records]
+    assert len(set(lengths)) > 1
+    cfg = DistillConfig(method="no_cot", steps=50, batch_size=4, length_curriculum=2, seed=0, threads=1, device="cpu")
+    with caplog.at_level("INFO", logger="lori.distill"):
+        first = list(itertools.islice(distill.curriculum_stream(cfg, records), 2))
+    assert all(lengths[i] == min(lengths) for b in first for i in b)
+    assert "length curriculum" in caplog.text
+    assert distill.curriculum_stream(DistillConfig(method="no_cot", steps=50), records) is None
+    bare = [Record(r.id, r.question, [], r.answer) for r in records]
+    with pytest.raises(ArtifactError, match="length_curriculum needs the records' CoT steps"):
+        distill.curriculum_stream(cfg, bare)
+    out, metrics = tmp_path / "s", tmp_path / "m.jsonl"          # and a student trains with it end to end
+    distill.main(["--method", "no_cot", "--teacher", tiny["teacher"], "--records", tiny["train"], "--out", str(out),
+                  "--metrics", str(metrics), "--steps", "4", "--batch-size", "4", "--log-every", "1",
+                  "--length-curriculum", "2", *RUNTIME])
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in rows)

@@ -7,7 +7,15 @@ import logging
 import pytest
 import torch
 
-from lori.training.loop import NonFiniteLoss, OptimConfig, checkpoint_dir, fingerprint, fit
+from lori.training.loop import (
+    NonFiniteLoss,
+    OptimConfig,
+    batches,
+    checkpoint_dir,
+    fingerprint,
+    fit,
+    length_curriculum_batches,
+)
 
 
 class Killed(RuntimeError):
@@ -165,3 +173,44 @@ def test_grad_accum_gives_the_whole_batch_update_and_the_same_flops():
     with pytest.raises(ValueError, match="not divisible by 1 process"):
         fit(whole, lambda idx: {"loss": whole(torch.zeros(len(idx), 6)).sum()}, 40,
             OptimConfig(steps=1, batch_size=6, grad_accum=4), seed=0)
+
+
+# ---------------------------------------------------------------- length curriculum
+LENGTHS = [1, 3, 2, 1, 4, 2, 3, 1, 2, 4] * 4      # 40 examples, CoT lengths 1-4
+
+
+def test_length_curriculum_brings_in_one_length_per_stage_then_every_example():
+    import itertools
+
+    per_stage, stream = 3, length_curriculum_batches(LENGTHS, 8, seed=5, steps_per_stage=3)
+    drawn = list(itertools.islice(stream, 3 * per_stage + 6))
+    for stage, level in enumerate((1, 2, 3)):
+        stage_batches = drawn[stage * per_stage:(stage + 1) * per_stage]
+        assert all(max(LENGTHS[i] for i in b) <= level for b in stage_batches)
+        assert any(LENGTHS[i] == level for b in stage_batches for i in b)   # the new length does come in
+    # after the ramp: exactly the plain seeded epochs of the same seed, over all 40 examples
+    assert drawn[3 * per_stage:] == list(itertools.islice(batches(40, 8, 5), 6))
+    # one length only: no ramp at all
+    assert list(itertools.islice(length_curriculum_batches([2] * 40, 8, 5, 3), 4)) == \
+        list(itertools.islice(batches(40, 8, 5), 4))
+
+
+def test_resume_with_a_length_curriculum_equals_uninterrupted_bitwise(tmp_path):
+    """The curriculum's stream is a pure function of its arguments: replayed to the checkpoint's step
+    on resume, it gives the uninterrupted run's batches."""
+    def stream():
+        return length_curriculum_batches(LENGTHS, CFG.batch_size, 3, steps_per_stage=3)
+
+    model, step_fn = make_problem()
+    fit(model, step_fn, 40, CFG, seed=3, ckpt=tmp_path / "a.ckpt", run_id="r", stream=stream())
+    straight = state(model)
+    model, step_fn = make_problem()
+    with pytest.raises(Killed):
+        fit(model, lambda i: step_fn(i, kill_at=6), 40, CFG, seed=3, ckpt=tmp_path / "b.ckpt", run_id="r",
+            stream=stream())
+    model, step_fn = make_problem()
+    fit(model, step_fn, 40, CFG, seed=3, ckpt=tmp_path / "b.ckpt", run_id="r", stream=stream())
+    assert all(torch.equal(v, straight[k]) for k, v in state(model).items())
+    model, step_fn = make_problem()              # and the curriculum does change the training
+    fit(model, step_fn, 40, CFG, seed=3)
+    assert not all(torch.equal(v, straight[k]) for k, v in state(model).items())

@@ -80,6 +80,23 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
             yield perm[i : i + batch_size]
 
 
+def length_curriculum_batches(lengths: list[int], batch_size: int, seed: int,
+                              steps_per_stage: int) -> Iterator[list[int]]:
+    """Seeded batches that bring in longer chains stage by stage.
+
+    With the distinct chain lengths l_1 < ... < l_m of ``lengths`` (e.g. CoT steps per problem),
+    stage s = 1..m-1 lasts ``steps_per_stage`` steps and draws only examples of length <= l_s;
+    then every example, as :func:`batches` with the same seed. A pure function of its arguments,
+    so replaying it to a saved step resumes it exactly."""
+    levels = sorted(set(lengths))
+    for stage, level in enumerate(levels[:-1]):
+        pool = [i for i, n in enumerate(lengths) if n <= level]
+        stream = batches(len(pool), batch_size, seed + 1 + stage)
+        for _ in range(steps_per_stage):
+            yield [pool[j] for j in next(stream)]
+    yield from batches(len(lengths), batch_size, seed)
+
+
 # ---------------------------------------------------------------- checkpoints
 def step_flops(params: int, positions: int) -> float:
     """Training FLOPs of one step: 6 x parameters x positions processed (forward 2, backward 4).
@@ -251,7 +268,8 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         n_examples: int, cfg: OptimConfig, seed: int, metrics_path: str | Path | None = None,
         desc: str = "train", ckpt: str | Path | None = None, run_id: str = "",
         dist_info: DistInfo | None = None, on_step: Callable[[int], bool] | None = None,
-        evaluator: Callable[[], dict] | None = None, tb_dir: str | Path | None = None) -> list[dict]:
+        evaluator: Callable[[], dict] | None = None, tb_dir: str | Path | None = None,
+        stream: Iterator[list[int]] | None = None) -> list[dict]:
     """Run ``cfg.steps`` optimizer steps on ``module``'s trainable parameters; return the logged rows.
 
     ``on_step(step)`` runs before each step's loss (curricula: Coconut's stages, iCoT-SI's token
@@ -287,6 +305,9 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
 
     With ``tb_dir`` (and ``cfg.tensorboard``) rank 0 also writes every logged row as TensorBoard
     scalars there (:mod:`lori.training.tensorboard_log`).
+
+    ``stream`` replaces the default seeded epochs (:func:`batches` over ``n_examples``) by another
+    deterministic stream of batches, e.g. :func:`length_curriculum_batches`.
     """
     info = dist_info or DistInfo()
     if cfg.grad_accum < 1 or cfg.batch_size % (info.world_size * cfg.grad_accum):
@@ -315,7 +336,7 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
     totals = (state.get("totals") if state else None) or {}
     train_s0, flops_total = totals.get("train_s", 0.0), totals.get("flops_total", 0.0)
     eval_s = 0.0                 # seconds spent validating since t0
-    stream = batches(n_examples, cfg.batch_size, seed)
+    stream = stream if stream is not None else batches(n_examples, cfg.batch_size, seed)
     for _ in range(start):       # the data position: replay the seeded stream to the saved step
         next(stream)
     board = None
