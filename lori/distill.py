@@ -128,7 +128,7 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
 def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factors_path: str | None, records,
                             student: LatentStudent, tokenizer, teacher: str, device) -> tuple[TeacherTargets, Factors]:
     """(targets, factors) on ``device`` for a student that reads them, checked against each other."""
-    from lori.training.recipes.lori import TeacherTargets, record_step_lengths
+    from lori.training.recipes.lori import TeacherTargets, record_step_lengths, record_step_points
 
     if not (targets_path and factors_path):
         raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
@@ -138,8 +138,9 @@ def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factor
     check_targets_match_factors(targets, targets_path, factors, factors_attrs, factors_path)
     args = cfg.args
     step_lengths = record_step_lengths(tokenizer, records) if args.step_anchor > 0 else None
-    return (TeacherTargets(targets, args.covariance, step_lengths, args.latent_steps, args.step_summary).to(device),
-            factors.to(device))
+    points = record_step_points(tokenizer, records) if args.step_anchor > 0 and args.step_summary == "result" else None
+    return (TeacherTargets(targets, args.covariance, step_lengths, args.latent_steps, args.step_summary,
+                           points).to(device), factors.to(device))
 
 
 def tensorboard_dir(out: str) -> Path:

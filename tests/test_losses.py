@@ -175,6 +175,11 @@ def test_step_summaries_mean_and_last():
     np.testing.assert_allclose(mean, np.stack([core[:3].mean(0), core[3:].mean(0)]), rtol=1e-12)
     last = step_summaries(core, [3, 4], "last")
     np.testing.assert_allclose(last, core[[2, 6]])
+    # result: the token at each step's point (offsets within the step; out of range -> clipped)
+    np.testing.assert_allclose(step_summaries(core, [3, 4], "result", [1, 2]), core[[1, 5]])
+    np.testing.assert_allclose(step_summaries(core, [3, 4], "result", [9, -1]), core[[2, 3]])
+    with pytest.raises(ValueError, match="one point per step"):
+        step_summaries(core, [3, 4], "result")
     with pytest.raises(ValueError, match="do not cover"):
         step_summaries(core, [3, 3])
 

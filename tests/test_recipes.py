@@ -18,7 +18,7 @@ from lori.model.chain import Chain
 from lori.model.latent import LatentStudent
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes import coconut, codi, icot_si
-from lori.model.sequences import drop_cot_tokens, encode, student_batch, teacher_batch, teacher_sequence
+from lori.model.sequences import drop_cot_tokens, encode, step_ids, student_batch, teacher_batch, teacher_sequence
 from tests.runs import ROOT, planned_jobs, snakemake
 from tests.tiny import RUNTIME
 
@@ -359,6 +359,32 @@ def test_step_targets_summarise_each_cot_step_and_place_it_on_its_thought():
     # a subword tokenizer's per-step counts may not add up to the trajectory: rescaled, not refused
     t = TeacherTargets(store, "full", [[2, 2], [4, 4, 8], []], latent_steps=6, step_summary="last")
     np.testing.assert_allclose(t.step_core[1].numpy(), core[[6, 8, 12]], rtol=1e-6)
+
+
+def test_step_result_points_find_the_token_that_predicts_each_result(student):
+    """step_summary: result takes, in each CoT step, the state at its last "=" token: the one whose
+    next token is the step's result (the linear probe in docs/results.md finds the result there)."""
+    import numpy as np
+
+    from lori.artifacts.targets import Targets
+    from lori.training.recipes.lori import TeacherTargets, record_step_lengths, record_step_points
+
+    _, tok = student
+    records = [Record("a", "q", ["<<2-10=3>>", "<<3*4=1>>"], "1"), Record("b", "q", ["no equals here"], "1")]
+    points, lengths = record_step_points(tok, records), record_step_lengths(tok, records)
+    for r, pts, lens in zip(records, points, lengths):
+        for step, p, n in zip(step_ids(tok, r.steps), pts, lens):
+            tokens = tok.convert_ids_to_tokens(step)
+            assert p == (max(k for k, t in enumerate(tokens) if "=" in t) if "=" in "".join(tokens) else n - 1)
+    assert tok.convert_ids_to_tokens(step_ids(tok, ["<<2-10=3>>"])[0])[points[0][0]] == "="
+    offsets = np.concatenate([[0], np.cumsum([sum(x) for x in lengths])])
+    core = np.random.default_rng(0).standard_normal((offsets[-1], 2, 3)).astype(np.float32)
+    store = Targets(core, offsets, np.zeros((2, 1, 2, 3), np.float32), np.zeros((2, 1, 4, 8), np.float16),
+                    ["a", "b"], {})
+    t = TeacherTargets(store, "full", lengths, latent_steps=4, step_summary="result", step_points=points)
+    np.testing.assert_allclose(t.step_core[0, :2].numpy(), core[[points[0][0], lengths[0][0] + points[0][1]]])
+    with pytest.raises(ValueError, match="needs each step's result token"):
+        TeacherTargets(store, "full", lengths, latent_steps=4, step_summary="result")
 
 
 def test_lori_with_step_anchors_trains_and_logs_the_term(tiny):

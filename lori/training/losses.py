@@ -102,10 +102,12 @@ def step_slots(n_steps: int, latent_steps: int) -> list[int]:
     return [-(-(j + 1) * latent_steps // n_steps) - 1 for j in range(n_steps)]
 
 
-def step_summaries(core: np.ndarray, step_lengths: list[int], summary: str = "mean") -> np.ndarray:
+def step_summaries(core: np.ndarray, step_lengths: list[int], summary: str = "mean",
+                   points: list[int] | None = None) -> np.ndarray:
     """One core state per CoT step of one trajectory: ``core`` [n, r_L, r_d] split into consecutive
     steps of ``step_lengths`` tokens (summing to n) -> [steps, r_L, r_d], the mean of each step's
-    tokens or its last token."""
+    tokens, its last token, or (``result``) its token at offset ``points[j]`` within step j (clipped
+    to the step), e.g. the token that predicts the step's result."""
     if sum(step_lengths) != len(core):
         raise ValueError(f"steps of {step_lengths} tokens do not cover a {len(core)}-token trajectory")
     bounds = np.cumsum([0] + list(step_lengths))
@@ -113,7 +115,11 @@ def step_summaries(core: np.ndarray, step_lengths: list[int], summary: str = "me
         return np.stack([core[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
     if summary == "last":
         return np.stack([core[b - 1] for b in bounds[1:]])
-    raise ValueError(f"unknown step summary {summary!r} (mean | last)")
+    if summary == "result":
+        if points is None or len(points) != len(step_lengths):
+            raise ValueError(f"step summary 'result' needs one point per step ({len(step_lengths)}), got {points}")
+        return np.stack([core[a + min(max(p, 0), b - a - 1)] for a, b, p in zip(bounds[:-1], bounds[1:], points)])
+    raise ValueError(f"unknown step summary {summary!r} (mean | last | result)")
 
 
 def step_anchor_loss(thought_core: torch.Tensor, step_core: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,9 @@ class LoriArgs:
     # summarised, matched in order to the thought at the step's place (step j of n -> thought
     # ceil((j+1) K / n) - 1); the thoughts then carry the intermediate results in sequence.
     step_anchor: float = 0.0             # weight of L_step (0 = off)
-    step_summary: Literal["mean", "last"] = "mean"      # a step's summary: mean of its tokens' core | its last token's
+    # a step's summary: mean of its tokens' core | its last token's | the token predicting its result
+    # (its last "="; in "<<2-10=3>>" the state that must hold 3 - the last token, ">>", mostly does not)
+    step_summary: Literal["mean", "last", "result"] = "mean"
 
     feedback = "projection"              # a thought is the last hidden state through the projection MLP
 

@@ -38,10 +38,11 @@ class TeacherTargets:
     """Per-example teacher statistics and anchors as tensors, from a checked targets store
     (:class:`lori.artifacts.targets.Targets`). With ``step_lengths`` (each example's CoT step
     token counts) also the per-step summaries for ``step_anchor``: ``step_core`` [N, J, r_L, r_d]
-    and ``step_slot`` [N, J] (the thought each step is matched to; -1 = padding)."""
+    and ``step_slot`` [N, J] (the thought each step is matched to; -1 = padding); ``step_points``
+    (each step's result token, :func:`record_step_points`) for ``step_summary: result``."""
 
     def __init__(self, targets: Targets, covariance: str, step_lengths: list[list[int]] | None = None,
-                 latent_steps: int = 0, step_summary: str = "mean"):
+                 latent_steps: int = 0, step_summary: str = "mean", step_points: list[list[int]] | None = None):
         self.lengths = torch.from_numpy(np.diff(targets.offsets))
         means, covs = trajectory_moments(targets.core, targets.offsets, covariance)
         self.mean, self.cov = torch.from_numpy(means), torch.from_numpy(covs)
@@ -49,7 +50,8 @@ class TeacherTargets:
         self.anchor_full = torch.from_numpy(targets.anchors[:, 0].astype(np.float32))
         self.step_core = self.step_slot = None
         if step_lengths is not None:
-            self.step_core, self.step_slot = _step_targets(targets, step_lengths, latent_steps, step_summary)
+            self.step_core, self.step_slot = _step_targets(targets, step_lengths, latent_steps, step_summary,
+                                                           step_points)
 
     def to(self, device) -> "TeacherTargets":
         for name in ("mean", "cov", "anchor_core", "anchor_full", "step_core", "step_slot"):
@@ -67,8 +69,10 @@ def _fit_lengths(lengths: list[int], total: int) -> list[int]:
     return [int(b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps: int,
-                  summary: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps: int, summary: str,
+                  step_points: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if summary == "result" and step_points is None:
+        raise ValueError("step_summary 'result' needs each step's result token (record_step_points)")
     n_ex, (_, rl, rd) = len(step_lengths), targets.core.shape
     width = max([len(s) for s in step_lengths] + [1])
     cores = np.zeros((n_ex, width, rl, rd), np.float32)
@@ -79,7 +83,10 @@ def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps:
         if hi == lo or not lengths:
             continue
         n = len(lengths)
-        cores[i, :n] = step_summaries(np.asarray(targets.core[lo:hi], np.float32), lengths, summary)
+        points = step_points[i][:n] if step_points is not None else None
+        if points is not None and len(points) < n:     # rescaled lengths: a step without its point takes its last token
+            points = points + [10**9] * (n - len(points))
+        cores[i, :n] = step_summaries(np.asarray(targets.core[lo:hi], np.float32), lengths, summary, points)
         slots[i, :n] = step_slots(n, latent_steps)
     return torch.from_numpy(cores), torch.from_numpy(slots)
 
@@ -87,6 +94,16 @@ def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps:
 def record_step_lengths(tokenizer, records) -> list[list[int]]:
     """Each record's CoT step token counts, as the teacher's trajectory tokenizes them."""
     return [[len(ids) for ids in step_ids(tokenizer, r.steps)] for r in records]
+
+
+def record_step_points(tokenizer, records) -> list[list[int]]:
+    """Each record's CoT steps' result tokens: in each step, the offset of the last token holding a
+    "=" (``<<2-10=3>>``: the state that predicts 3), or the step's last token when it has none."""
+    def point(ids: list[int]) -> int:
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        return max((k for k, t in enumerate(tokens) if "=" in t), default=len(ids) - 1)
+
+    return [[point(ids) for ids in step_ids(tokenizer, r.steps)] for r in records]
 
 
 def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
