@@ -195,7 +195,8 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(records_path)
     # lori / no_cot students see no CoT text; the recipes train on it (teacher pass, curricula)
-    check_training_records(records, records_path, need_cot=cfg.method not in ("lori", "no_cot"))
+    check_training_records(records, records_path,
+                           need_cot=cfg.method not in ("lori", "no_cot") or getattr(cfg.args, "cot_stages", 0) > 0)
     student, tokenizer = build_student(cfg, teacher)
     # LoRA on the student's HF model only: the latent projection (outside it) stays fully trained
     adapters = add_lora(student.model, cfg.lora)

@@ -225,7 +225,7 @@ def test_codi_distillation_gradient_reaches_only_the_student_pass(tiny, student)
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"method": "lori", "max_stage": 2}, "max_stage is a knob of coconut"),
-    ({"method": "codi", "steps_per_stage": 5}, "steps_per_stage is a knob of coconut and icot_si"),
+    ({"method": "codi", "steps_per_stage": 5}, "steps_per_stage is a knob of lori and no_cot and coconut and icot_si"),
     ({"method": "coconut", "latent_steps": 4}, "max_stage * thoughts_per_step = 6"),
     ({"method": "coconut", "steps": 300, "steps_per_stage": 100}, "must exceed max_stage * steps_per_stage"),
     ({"method": "codi", "gamma": 1.0}, "does not read the dumped teacher's targets"),
@@ -434,3 +434,39 @@ def test_length_curriculum_starts_every_student_on_the_shortest_cots(tiny, tmp_p
                   "--length-curriculum", "2", *RUNTIME])
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in rows)
+
+
+# ---------------------------------------------------------------- LoRi with Coconut's stages (cot_stages)
+def test_lori_cot_stages_keep_the_later_steps_as_targets_then_train_the_published_layout(student, monkeypatch):
+    """cot_stages = 2: stage k feeds K thoughts and keeps CoT steps k+1.. and the answer as targets
+    (Coconut's layout, but K thoughts at every stage), never resets AdamW, and from step
+    2 * steps_per_stage on trains LoRi's own layout."""
+    from lori.model.latent import LatentStudent as LS
+    from lori.training.recipes import lori as lori_recipe
+
+    model, tok = student
+    cfg = DistillConfig(method="lori", steps=7, steps_per_stage=3, cot_stages=2, latent_steps=3, alpha=0.0,
+                        gamma=0.0, threads=1, device="cpu")
+    recipe = build(lori_recipe, cfg, model, tok, [FOUR, TWO])
+    seen = []
+    real = LS.forward
+
+    def spy(self, batch, layers=None, latent_steps=None):
+        seen.append((text(tok, batch.suffix_ids[0]), latent_steps))
+        return real(self, batch, layers, latent_steps=latent_steps)
+
+    monkeypatch.setattr(LS, "forward", spy)
+    stages = []
+    for step in range(7):
+        assert recipe.on_step(step) is False
+        terms = recipe.loss_step([0, 1])
+        stages.append(int(terms["stage"]))
+        assert math.isfinite(float(terms["loss"].detach()))
+    assert stages == [1, 1, 1, 2, 2, 2, 3]
+    assert "56*2=112" in seen[0][0] and "8-4=4" not in seen[0][0] and seen[0][1] == 3   # step 1 replaced
+    assert "56*2=112" in seen[3][0] and "4+52=56" not in seen[3][0]                   # steps 1-2 replaced
+    assert "=" not in seen[6][0] and "100" in seen[6][0]                               # LoRi's own layout
+    with pytest.raises(ValueError, match="must exceed cot_stages"):
+        DistillConfig(method="lori", steps=6, steps_per_stage=3, cot_stages=2)
+    with pytest.raises(ValueError, match="needs latent_steps >= 1"):
+        DistillConfig(method="no_cot", steps=20, cot_stages=2)

@@ -36,6 +36,12 @@ class LoriArgs:
     # a step's summary: mean of its tokens' core | its last token's | the token predicting its result
     # (its last "="; in "<<2-10=3>>" the state that must hold 3 - the last token, ">>", mostly does not)
     step_summary: Literal["mean", "last", "result"] = "mean"
+    # Our option: Coconut's curriculum from the CoT student before LoRi's own layout. Stage
+    # k = 1..cot_stages replaces the first k CoT steps by the K thoughts and keeps the remaining
+    # steps and the answer as cross-entropy targets (L_reason on the thoughts throughout; L_anchor,
+    # whose target is the teacher's pre-answer state, only in the final all-latent stage).
+    cot_stages: int = 0                  # stages before the final one (0 = off: LoRi as published)
+    steps_per_stage: int = 200           # optimizer steps per stage (with cot_stages > 0)
 
     feedback = "projection"              # a thought is the last hidden state through the projection MLP
 
@@ -52,6 +58,13 @@ class LoriArgs:
             out.append("alpha > 0 or step_anchor > 0 needs latent_steps >= 1 (no thoughts to match)")
         if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
             out.append("alpha, gamma and step_anchor must be >= 0")
+        if self.cot_stages < 0 or self.steps_per_stage < 1:
+            out.append("cot_stages must be >= 0 and steps_per_stage >= 1")
+        elif self.cot_stages > 0 and self.latent_steps == 0:
+            out.append("cot_stages > 0 needs latent_steps >= 1 (the stages replace CoT steps by thoughts)")
+        elif self.cot_stages > 0 and steps <= self.cot_stages * self.steps_per_stage:
+            out.append(f"steps ({steps}) must exceed cot_stages * steps_per_stage ({self.cot_stages} * "
+                       f"{self.steps_per_stage}) so the final stage (the layout evaluation uses) is trained")
         return out
 
 

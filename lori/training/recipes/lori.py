@@ -32,6 +32,7 @@ from lori.training.losses import (
 )
 from lori.training.recipes.args import LoriArgs
 from lori.training.recipes.base import Recipe, RecipeContext
+from lori.training.recipes.coconut import coconut_batch, stage_at
 
 
 class TeacherTargets:
@@ -117,12 +118,26 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         raise ValueError("step_anchor > 0 needs TeacherTargets built with the records' step lengths")
     layers = factors.layers if args.needs_targets else None
     params = num_params(student)
+    state = {"stage": args.cot_stages + 1}    # cot_stages = 0: always the final (published) layout
+
+    def on_step(step: int) -> bool:
+        if args.cot_stages > 0:
+            state["stage"] = stage_at(step, args.steps_per_stage, args.cot_stages)
+        return False                           # AdamW's state is kept across stages (our choice)
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
-        batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
-        out = student(batch, layers)
+        staged = state["stage"] <= args.cot_stages
+        if staged:   # Coconut's layout: K thoughts, then the CoT steps after the first `stage`, then the answer
+            batch, _ = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], 1, args.cot_stages, idx)
+            batch = batch.to(device)
+            out = student(batch, layers, latent_steps=args.latent_steps)
+        else:
+            batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
+            out = student(batch, layers)
         positions = batch.prompt_ids.numel() + len(idx) * args.latent_steps + batch.suffix_ids.numel()
         terms = {"task": out.task_loss, "flops": torch.tensor(step_flops(params, positions))}
+        if args.cot_stages > 0:
+            terms["stage"] = torch.tensor(float(state["stage"]))
         loss = out.task_loss.float()
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):
@@ -133,7 +148,7 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
                 terms.update(reason_loss(mean_s, cov_s, targets.mean[idx], targets.cov[idx], args.w_mean, args.w_cov,
                                          valid))
                 loss = loss + args.alpha * terms["reason"]
-            if args.gamma > 0:
+            if args.gamma > 0 and not staged:   # the anchor's position exists only in the final layout
                 anchor = out.anchor.float()                                        # [B, L, d]
                 if args.anchor_space == "core":
                     a_s, a_t = factors.project(anchor), targets.anchor_core[idx]
@@ -147,4 +162,4 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         terms["loss"] = loss
         return terms
 
-    return Recipe(loss_step)
+    return Recipe(loss_step, on_step)
