@@ -6,6 +6,7 @@ Looking at results:
   compare RUN_A RUN_B       accuracy / tokens / latency differences between two runs, per method and benchmark
   thoughts --run RUN --method lori --example ID
                             decode a latent student's thoughts to tokens, beside the teacher's CoT
+  probe --run RUN           where the teacher's trajectory holds each CoT step's result (linear probes)
 
 Pipeline stages (the same as ``python -m lori.<stage> ...``; Snakemake runs these for you):
   prepare_data, convert_model, teacher_sft, teacher_cot, dump_hidden, factorize, targets, distill, evaluate, report
@@ -23,6 +24,7 @@ COMMANDS = {
     "inspect": "lori.inspect",
     "thoughts": "lori.thoughts",
     "compare": "lori.compare",
+    "probe": "lori.probe",
     **{stage: f"lori.{stage}" for stage in ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_hidden", "factorize",
                                              "targets", "distill", "evaluate")},
     "report": "lori.report:cli",         # `lori report RUN`; with flags only, the stage CLI

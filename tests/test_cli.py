@@ -23,6 +23,7 @@ EXPLAINS = {
     "thoughts": "logit lens",
     "compare": "paired exact McNemar",
     "report": "self-contained report.html",
+    "probe": "logistic-regression probe",
 }
 STAGES = sorted(set(COMMANDS) - set(EXPLAINS))
 
@@ -46,7 +47,7 @@ def test_every_command_is_listed_and_known(capsys):
     assert set(RECORDED_FLAGS) <= set(COMMANDS), "a command was removed"
     for command in COMMANDS:
         assert re.search(rf"\b{command}\b", usage.split("\n", 1)[1]), command     # beyond the generated first line
-    for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN"):
+    for fragment in ("inspect PATH", "report RUN", "compare RUN_A RUN_B", "thoughts --run RUN", "probe --run RUN"):
         assert fragment in usage
 
 
