@@ -20,45 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from lori.data.records import ANSWER_SEP, BOT, EOT, Record
 from lori.model.loading import num_params
-from lori.model.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
 from lori.training.loop import step_flops
 from lori.training.recipes.args import CoconutArgs
 from lori.training.recipes.base import Recipe, RecipeContext
-
-
-def stage_at(step: int, steps_per_stage: int, max_stage: int) -> int:
-    """Curriculum stage of optimizer step ``step`` (0-based): 1, 2, ..., max_stage + 1 (final)."""
-    return min(1 + step // steps_per_stage, max_stage + 1)
-
-
-def layout(stage: int, n_steps: int, thoughts_per_step: int, max_stage: int) -> tuple[int, int]:
-    """(continuous thoughts, CoT steps removed) of one record at ``stage``."""
-    if stage > max_stage:
-        return max_stage * thoughts_per_step, n_steps
-    return stage * thoughts_per_step, min(stage, n_steps)
-
-
-def coconut_batch(tokenizer, records: list[Record], stage: int, thoughts_per_step: int, max_stage: int,
-                  index: list[int] | None = None) -> tuple[StudentBatch, int]:
-    """The stage's training batch and its number of thoughts (the same for every row).
-
-    prompt block: ``[bos] question || <bot>`` (left-padded); suffix: ``<eot> remaining steps #### answer
-    <eos>`` (right-padded) with ``answer_start = 1``, so the loss covers everything after ``<eot>``.
-    """
-    bot, eot = tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT)
-    prompts, suffixes, thoughts = [], [], 0
-    for r in records:
-        thoughts, skip = layout(stage, len(r.steps), thoughts_per_step, max_stage)
-        prompts.append(prompt_ids(tokenizer, r.question) + [bot])
-        rest = [t for s in step_ids(tokenizer, r.steps[skip:]) for t in s]
-        suffixes.append([eot] + rest + encode(tokenizer, f" {ANSWER_SEP}") + encode(tokenizer, f" {r.answer}")
-                        + [tokenizer.eos_token_id])
-    p_ids, p_mask = pad_left(prompts, tokenizer.pad_token_id)
-    s_ids, s_mask = pad_right(suffixes, tokenizer.pad_token_id)
-    idx = torch.tensor(index if index is not None else list(range(len(records))), dtype=torch.long)
-    return StudentBatch(p_ids, p_mask, s_ids, s_mask, 1, idx), thoughts
+from lori.training.recipes.stages import coconut_batch, layout, stage_at  # noqa: F401 - layout: part of this recipe's API
 
 
 def build(args: CoconutArgs, ctx: RecipeContext) -> Recipe:

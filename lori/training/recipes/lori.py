@@ -32,7 +32,7 @@ from lori.training.losses import (
 )
 from lori.training.recipes.args import LoriArgs
 from lori.training.recipes.base import Recipe, RecipeContext
-from lori.training.recipes.coconut import coconut_batch, stage_at
+from lori.training.recipes.stages import coconut_batch, stage_at
 
 
 class TeacherTargets:
