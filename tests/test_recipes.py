@@ -470,3 +470,19 @@ def test_lori_cot_stages_keep_the_later_steps_as_targets_then_train_the_publishe
         DistillConfig(method="lori", steps=6, steps_per_stage=3, cot_stages=2)
     with pytest.raises(ValueError, match="needs latent_steps >= 1"):
         DistillConfig(method="no_cot", steps=20, cot_stages=2)
+
+
+def test_lori_with_hidden_feedback_saves_a_student_without_projection(tiny):
+    """feedback: hidden (our option for LoRi): the thought fed back is the last hidden state itself;
+    the checkpoint says so and has no projection, and evaluation reads it that way."""
+    out = tiny["dir"] / "s_lori_hidden"
+    distill.main(["--method", "lori", "--teacher", tiny["teacher"], "--records", tiny["train"], "--out", str(out),
+                  "--steps", "3", "--batch-size", "4", "--latent-steps", "2", "--alpha", "0", "--gamma", "0",
+                  "--feedback", "hidden", *RUNTIME])
+    assert json.loads((out / "latent.json").read_text()) == {"latent_steps": 2, "feedback": "hidden"}
+    assert not (out / "projection.safetensors").exists()
+    loaded, _ = LatentStudent.load(out)
+    last = torch.randn(2, loaded.model.config.hidden_size)
+    assert loaded.feedback == "hidden" and torch.equal(loaded._feed(last), last)
+    with pytest.raises(ValueError, match="feedback is a knob of lori and no_cot"):
+        DistillConfig(method="codi", feedback="hidden")

@@ -42,8 +42,9 @@ class LoriArgs:
     # whose target is the teacher's pre-answer state, only in the final all-latent stage).
     cot_stages: int = 0                  # stages before the final one (0 = off: LoRi as published)
     steps_per_stage: int = 200           # optimizer steps per stage (with cot_stages > 0)
-
-    feedback = "projection"              # a thought is the last hidden state through the projection MLP
+    # a thought fed back as the next input: the last hidden state through the projection MLP, or
+    # (our option, Coconut's way) the last hidden state itself
+    feedback: Literal["projection", "hidden"] = "projection"
 
     @property
     def needs_targets(self) -> bool:
@@ -60,6 +61,8 @@ class LoriArgs:
             out.append("alpha, gamma and step_anchor must be >= 0")
         if self.cot_stages < 0 or self.steps_per_stage < 1:
             out.append("cot_stages must be >= 0 and steps_per_stage >= 1")
+        if self.feedback not in ("projection", "hidden"):
+            out.append(f"feedback must be projection | hidden, got {self.feedback!r}")
         elif self.cot_stages > 0 and self.latent_steps == 0:
             out.append("cot_stages > 0 needs latent_steps >= 1 (the stages replace CoT steps by thoughts)")
         elif self.cot_stages > 0 and steps <= self.cot_stages * self.steps_per_stage:
