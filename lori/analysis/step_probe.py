@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lori.model.sequences import equals_token
+
 PLACES = ("eq", "result", "last")
 
 
 def step_places(tokens: list[str]) -> dict[str, int] | None:
     """Token offsets within one step of its last ``=`` (``eq``), the token after it (``result``)
     and its last token (``last``); None for a step without ``=``."""
-    eq = max((k for k, t in enumerate(tokens) if "=" in t), default=None)
+    eq = equals_token(tokens)
     if eq is None:
         return None
     return {"eq": eq, "result": min(eq + 1, len(tokens) - 1), "last": len(tokens) - 1}

@@ -142,6 +142,12 @@ def step_ids(tokenizer, steps: list[str]) -> list[list[int]]:
     return [encode(tokenizer, f" {s}") for s in steps]
 
 
+def equals_token(tokens: list[str]) -> int | None:
+    """Offset of a step's last token holding ``=`` (in ``<<2-10=3>>`` the one whose next token is
+    the result), or None when the step has none. ``tokens``: the step's tokens as strings."""
+    return max((k for k, t in enumerate(tokens) if "=" in t), default=None)
+
+
 def drop_cot_tokens(seq: TeacherSequence, n: int) -> TeacherSequence:
     """The sequence with its first ``n`` CoT tokens removed (iCoT-SI); ``n`` is capped at the CoT length."""
     n = max(0, min(n, seq.cot_len))

@@ -19,7 +19,7 @@ import torch
 from lori.artifacts.store import ArtifactError
 from lori.artifacts.targets import Targets
 from lori.model.loading import num_params
-from lori.model.sequences import step_ids, student_batch
+from lori.model.sequences import equals_token, step_ids, student_batch
 from lori.training.loop import step_flops
 from lori.training.losses import (
     anchor_loss,
@@ -101,8 +101,8 @@ def record_step_points(tokenizer, records) -> list[list[int]]:
     """Each record's CoT steps' result tokens: in each step, the offset of the last token holding a
     "=" (``<<2-10=3>>``: the state that predicts 3), or the step's last token when it has none."""
     def point(ids: list[int]) -> int:
-        tokens = tokenizer.convert_ids_to_tokens(ids)
-        return max((k for k, t in enumerate(tokens) if "=" in t), default=len(ids) - 1)
+        eq = equals_token(tokenizer.convert_ids_to_tokens(ids))
+        return len(ids) - 1 if eq is None else eq
 
     return [[point(ids) for ids in step_ids(tokenizer, r.steps)] for r in records]
 
