@@ -17,7 +17,7 @@ from lori.training.recipes.base import RecipeContext
 from lori.model.chain import Chain
 from lori.model.latent import LatentStudent
 from lori.training.losses import normalized_smooth_l1
-from lori.training.recipes import coconut, codi, icot_si
+from lori.training.recipes import coconut, codi, icot_si, stages
 from lori.model.sequences import drop_cot_tokens, encode, step_ids, student_batch, teacher_batch, teacher_sequence
 from tests.runs import ROOT, planned_jobs, snakemake
 from tests.tiny import RUNTIME
@@ -54,13 +54,13 @@ TWO = Record("r2", "Sam has 7 stamps . he gets 5 more . he gets 2 times as many 
 
 # ---------------------------------------------------------------- Coconut
 def test_coconut_stage_schedule():
-    assert [coconut.stage_at(s, 100, 3) for s in (0, 99, 100, 199, 200, 299, 300, 999)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [stages.stage_at(s, 100, 3) for s in (0, 99, 100, 199, 200, 299, 300, 999)] == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_coconut_stage_k_replaces_k_steps_by_k_c_thoughts(tiny, student, stage):
     _, tok = student
-    batch, thoughts = coconut.coconut_batch(tok, [FOUR], stage, thoughts_per_step=2, max_stage=3)
+    batch, thoughts = stages.coconut_batch(tok, [FOUR], stage, thoughts_per_step=2, max_stage=3)
     kept = FOUR.steps[stage:] if stage <= 3 else []            # final stage: every step removed
     assert thoughts == 2 * min(stage, 3)                          # k*c latent slots; max_stage*c at the end
     suffix = batch.suffix_ids[0][batch.suffix_mask[0] == 1].tolist()
@@ -74,7 +74,7 @@ def test_coconut_stage_k_replaces_k_steps_by_k_c_thoughts(tiny, student, stage):
 
 def test_coconut_short_record_loses_all_steps_but_keeps_k_c_thoughts(student):
     _, tok = student
-    batch, thoughts = coconut.coconut_batch(tok, [TWO, FOUR], 3, thoughts_per_step=2, max_stage=3)
+    batch, thoughts = stages.coconut_batch(tok, [TWO, FOUR], 3, thoughts_per_step=2, max_stage=3)
     assert thoughts == 6
     rows = [batch.suffix_ids[i][batch.suffix_mask[i] == 1].tolist() for i in range(2)]
     assert rows[0][1:] == encode(tok, f" {ANSWER_SEP} 24") + [tok.eos_token_id]
@@ -85,7 +85,7 @@ def test_coconut_feeds_the_hidden_state_back_and_counts_thought_positions(tiny, 
     cfg = DistillConfig(method="coconut", steps=400, steps_per_stage=100, threads=1, device="cpu")
     model, tok = distill.build_student(cfg, tiny["teacher"])
     assert model.projection is None and model.feedback == "hidden" and model.latent_steps == 6
-    batch, k = coconut.coconut_batch(tok, [FOUR, TWO], 2, 2, 3)
+    batch, k = stages.coconut_batch(tok, [FOUR, TWO], 2, 2, 3)
     blocks = []                                   # positions per block through the model's own layers
     hook = model.model.model.layers[0].register_forward_pre_hook(
         lambda m, args, kw: blocks.append((args[0] if args else kw["hidden_states"]).shape[1]), with_kwargs=True)
@@ -456,13 +456,13 @@ def test_lori_cot_stages_keep_the_later_steps_as_targets_then_train_the_publishe
         return real(self, batch, layers, latent_steps=latent_steps)
 
     monkeypatch.setattr(LS, "forward", spy)
-    stages = []
+    stage_of_step = []
     for step in range(7):
         assert recipe.on_step(step) is False
         terms = recipe.loss_step([0, 1])
-        stages.append(int(terms["stage"]))
+        stage_of_step.append(int(terms["stage"]))
         assert math.isfinite(float(terms["loss"].detach()))
-    assert stages == [1, 1, 1, 2, 2, 2, 3]
+    assert stage_of_step == [1, 1, 1, 2, 2, 2, 3]
     assert "56*2=112" in seen[0][0] and "8-4=4" not in seen[0][0] and seen[0][1] == 3   # step 1 replaced
     assert "56*2=112" in seen[3][0] and "4+52=56" not in seen[3][0]                   # steps 1-2 replaced
     assert "=" not in seen[6][0] and "100" in seen[6][0]                               # LoRi's own layout

@@ -59,10 +59,10 @@ class LoriArgs:
             out.append("alpha > 0 or step_anchor > 0 needs latent_steps >= 1 (no thoughts to match)")
         if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
             out.append("alpha, gamma and step_anchor must be >= 0")
-        if self.cot_stages < 0 or self.steps_per_stage < 1:
-            out.append("cot_stages must be >= 0 and steps_per_stage >= 1")
         if self.feedback not in ("projection", "hidden"):
             out.append(f"feedback must be projection | hidden, got {self.feedback!r}")
+        if self.cot_stages < 0 or self.steps_per_stage < 1:
+            out.append("cot_stages must be >= 0 and steps_per_stage >= 1")
         elif self.cot_stages > 0 and self.latent_steps == 0:
             out.append("cot_stages > 0 needs latent_steps >= 1 (the stages replace CoT steps by thoughts)")
         elif self.cot_stages > 0 and steps <= self.cot_stages * self.steps_per_stage:

@@ -24,7 +24,7 @@ from lori.model.loading import num_params
 from lori.training.loop import step_flops
 from lori.training.recipes.args import CoconutArgs
 from lori.training.recipes.base import Recipe, RecipeContext
-from lori.training.recipes.stages import coconut_batch, layout, stage_at  # noqa: F401 - layout: part of this recipe's API
+from lori.training.recipes.stages import coconut_batch, stage_at
 
 
 def build(args: CoconutArgs, ctx: RecipeContext) -> Recipe:
