@@ -84,9 +84,8 @@ def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps:
         if hi == lo or not lengths:
             continue
         n = len(lengths)
+        # _fit_lengths keeps at most the record's steps, so a point per kept step is always there
         points = step_points[i][:n] if step_points is not None else None
-        if points is not None and len(points) < n:     # rescaled lengths: a step without its point takes its last token
-            points = points + [10**9] * (n - len(points))
         cores[i, :n] = step_summaries(np.asarray(targets.core[lo:hi], np.float32), lengths, summary, points)
         slots[i, :n] = step_slots(n, latent_steps)
     return torch.from_numpy(cores), torch.from_numpy(slots)
