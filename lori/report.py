@@ -97,8 +97,9 @@ def _thoughts_section(cfg: ReportConfig, evals: list[str], summaries: list[dict]
         return None
     intro = ("Each continuous thought read by the logit lens (final norm + lm_head on its last-layer hidden "
              "state: top tokens with probabilities) and by the input embeddings nearest to the vector fed "
-             f"back (cosine), after the teacher's whole CoT (thought i is not CoT step i: the method pairs "
-             f"statistics, not positions); first {cfg.thought_examples} problems of "
+             f"back (cosine), after the teacher's whole CoT (thought i is not CoT step i: L_reason pairs "
+             f"statistics, not positions; step anchors, when on, send step j of n to thought ceil(jK/n), both counted from 1); "
+             f"first {cfg.thought_examples} problems of "
              f"`{bench}`. More: `lori thoughts --run RUN --method M --example ID`.")
     md = intro + "".join(f"\n\n### {name}\n" + "".join(f"\n```\n{format_trace(t)}\n```\n" for t in ts)
                          for name, ts in traces.items())

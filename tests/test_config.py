@@ -53,7 +53,8 @@ def test_default_config_loads_with_defaults(raw):
     # defaults filled for keys the file leaves out
     assert cfg["data"]["train"] == {"kind": "quickstart", "n": 10000, "path": None, "seed": None,
                                     "min_steps": None, "max_steps": None}
-    assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 4
+    assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 5
+    assert cfg["data"]["quickstart"] == {"min_steps": 1, "max_steps": 4, "max_value": 10, "wrap": True}
     assert "report" in raw and cfg["report"]["title"] == "LoRi quickstart"
 
 
@@ -305,6 +306,7 @@ def test_wrap_reaches_prepare_data_only_when_on(raw):
     from lori.config import stage_args, to_flags
 
     config = validate_config(copy.deepcopy(raw), "t")
+    config["data"]["quickstart"]["wrap"] = False
     assert "wrap" not in stage_args(config, "prepare_data", split="test")
     config["data"]["quickstart"]["wrap"] = True
     assert stage_args(config, "prepare_data", split="test")["wrap"] is True

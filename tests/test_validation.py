@@ -185,7 +185,11 @@ def test_eval_every_without_a_validation_file_is_an_error(tiny_teacher, tmp_path
 # ---------------------------------------------------------------- config
 @pytest.fixture(scope="module")
 def quickstart() -> dict:
-    return load_config(ROOT / "config" / "config.yaml")
+    """The default config without its validation split: what a config that sets none gets."""
+    config = copy.deepcopy(load_config(ROOT / "config" / "config.yaml"))
+    config["data"]["validation"] = None
+    config["teacher_sft"]["eval_every"] = config["distill"]["common"]["eval_every"] = 0
+    return validate_config(config)
 
 
 def fresh(config: dict) -> dict:
@@ -200,6 +204,14 @@ def test_validation_is_off_by_default_and_adds_no_flag(quickstart):
         keys = set(stage_args(quickstart, stage, student=student))
         assert not keys & {"eval_every", "val_batch_size", "val_max_new_tokens"}, stage
         assert not validates(quickstart, stage, student)
+
+
+def test_the_quickstart_validates_every_300_steps():
+    config = load_config(ROOT / "config" / "config.yaml")
+    for stage, student, every in (("teacher_sft", None, 1400), ("distill", "lori", 300), ("distill", "no_cot", 300)):
+        assert stage_args(config, stage, student=student)["eval_every"] == every
+        assert validates(config, stage, student)
+    assert stage_args(config, "prepare_data", split="validation")["n"] == 300
 
 
 def test_the_curves_profile_turns_validation_on():

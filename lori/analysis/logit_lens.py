@@ -182,7 +182,7 @@ def format_trace(t: ThoughtTrace) -> str:
     lines = [f"example {t.example_id}: {t.question}",
              f"gold {t.gold}; student says {t.prediction.strip()!r} -> {'correct' if t.correct else 'wrong'}",
              f"teacher CoT ({t.teacher_source}): {t.teacher_cot or '(none found)'}", "",
-             f"student's {len(t.thoughts)} latent thoughts (not aligned with the CoT's steps):",
+             f"student's {len(t.thoughts)} latent thoughts (listed apart from the CoT's steps):",
              "thought | logit lens, last layer (token:prob) | nearest input embeddings (token:cos)"]
     for th in t.thoughts:
         lines.append(f"{th.step:>7} | {_ranked(th.lens)} | {_ranked(th.embedding)}")
@@ -192,13 +192,13 @@ def format_trace(t: ThoughtTrace) -> str:
 
 
 def trace_html(t: ThoughtTrace) -> str:
-    """One trace for the report: the teacher's CoT whole, then the thoughts' table (not aligned with it)."""
+    """One trace for the report: the teacher's CoT whole, then the thoughts' table (listed apart from it)."""
     e = html.escape
     rows = "".join(f"<tr><td>{th.step}</td><td>{e(_ranked(th.lens))}</td><td>{e(_ranked(th.embedding))}</td></tr>"
                    for th in t.thoughts)
     verdict = "correct" if t.correct else "wrong"
     return (f"<p><b>{e(t.example_id)}</b>: {e(t.question)}<br>gold <b>{e(t.gold)}</b>; student: "
             f"<code>{e(t.prediction.strip())}</code> ({verdict})<br>teacher CoT: <code>{e(t.teacher_cot or '-')}</code>"
-            f"</p><p>the student's {len(t.thoughts)} latent thoughts (not aligned with the CoT's steps):</p>"
+            f"</p><p>the student's {len(t.thoughts)} latent thoughts (listed apart from the CoT's steps):</p>"
             f"<table><thead><tr><th>thought</th><th>logit lens (token:prob)</th><th>nearest embeddings (token:cos)</th>"
             f"</tr></thead><tbody>{rows}</tbody></table>")
