@@ -406,6 +406,16 @@ def test_lori_with_step_anchors_trains_and_logs_the_term(tiny):
     steps = [r["step_anchor"] for r in rows]
     assert all(math.isfinite(s) and s > 0 for s in steps)
     assert sum(steps[-3:]) < sum(steps[:3])
+    # inside the stage curriculum (the quickstart's setting) L_step acts from the first stage on,
+    # while later CoT steps are still written out, and falls there too
+    staged = DistillConfig(method="lori", steps=12, batch_size=8, log_every=1, latent_steps=3, alpha=0, gamma=0,
+                           step_anchor=3.0, step_summary="result", cot_stages=2, steps_per_stage=4,
+                           feedback="hidden", lr=3e-3, seed=0, threads=1, device="cpu", checkpoint_every=0)
+    rows = distill.run(staged, tiny["teacher"], tiny["train"], str(root / "staged"), str(tgt), str(factors),
+                       str(root / "staged.jsonl"))
+    assert [int(r["stage"]) for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    first = [r["step_anchor"] for r in rows if r["stage"] == 1]
+    assert all(math.isfinite(s) and s > 0 for s in first) and first[-1] < first[0]
 
 
 # ---------------------------------------------------------------- length curriculum (every method)
