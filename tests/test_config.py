@@ -13,6 +13,7 @@ import yaml
 from lori.config import (ConfigError, config_hash, load_config, load_schema, parse_stage_args,
                          to_flags, validate_config)
 from lori.dump_hidden import DumpHiddenConfig
+from lori.training.recipes.args import LoriArgs
 from lori.evaluate import EvaluateConfig
 from lori.factorize import FactorizeConfig
 from lori.report import ReportConfig
@@ -55,6 +56,11 @@ def test_default_config_loads_with_defaults(raw):
                                     "min_steps": None, "max_steps": None}
     assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 5
     assert cfg["data"]["quickstart"] == {"min_steps": 1, "max_steps": 4, "max_value": 10, "wrap": True}
+    # the LoRi the README reports: the method as described (projection feedback) plus our stages and step anchors
+    lori = cfg["distill"]["lori"]
+    assert (lori["latent_steps"], lori["cot_stages"], lori["steps_per_stage"]) == (4, 4, 300)
+    assert (lori["step_anchor"], lori["step_summary"], lori["lr"]) == (3.0, "result", 2e-3)
+    assert "feedback" not in lori and LoriArgs().feedback == "projection"
     assert "report" in raw and cfg["report"]["title"] == "LoRi quickstart"
 
 
