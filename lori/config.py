@@ -66,8 +66,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(config).__name__}")
-    _coerce_command_line(config)
-    validator = _validator_with_defaults()(load_schema())
+    schema = load_schema()
+    _coerce_command_line(config, schema)
+    validator = _validator_with_defaults()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  {'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors]
@@ -78,12 +79,57 @@ def validate_config(config: dict, source: str = "config") -> dict:
     return config
 
 
-def _coerce_command_line(config: dict) -> None:
-    """``snakemake --config 'seeds=[0,1,2]'`` hands the list's items over as strings; seeds are
-    integers, so decimal strings become ints (anything else is left for the schema to reject)."""
-    seeds = config.get("seeds")
-    if isinstance(seeds, list):
-        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdecimal() else s for s in seeds]
+def _coerce_command_line(config: dict, schema: dict) -> None:
+    """Strings where the schema wants a number, a bool or null become one if they spell it.
+
+    ``snakemake --config 'seeds=[0,1,2]'`` or ``--config 'sweep={v: {method: coconut, lr: 2e-3}}'``
+    hands nested values over as strings (Snakemake reads them with YAML's base loader), and YAML
+    itself reads ``2e-3`` (no dot) as a string. Anything that does not spell its type is left for
+    the schema to reject; where a string is allowed it stays one."""
+    _coerce_node(config, schema, schema)
+
+
+def _scalar(text: str, kinds: list[str]) -> Any:
+    word = text.strip()
+    for kind in kinds:
+        if kind == "integer" and word.lstrip("+-").isdecimal():
+            return int(word)
+        if kind == "number":
+            try:
+                return int(word) if word.lstrip("+-").isdecimal() else float(word)
+            except ValueError:
+                pass
+        if kind == "boolean" and word.lower() in ("true", "false"):
+            return word.lower() == "true"
+        if kind == "null" and word.lower() in ("null", "~", "none"):
+            return None
+    return text
+
+
+def _coerce_node(value: Any, node: Any, schema: dict) -> Any:
+    node = _resolve(schema, node)
+    if not isinstance(node, dict):
+        return value
+    if isinstance(value, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        for key, item in value.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = _coerce_node(item, sub, schema)
+        return value
+    if isinstance(value, list):
+        items = node.get("items")
+        return [_coerce_node(v, items, schema) for v in value] if isinstance(items, dict) else value
+    if not isinstance(value, str):
+        return value
+    kinds = node.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    for alternative in node.get("anyOf", []) + node.get("oneOf", []):
+        alt = _resolve(schema, alternative).get("type", [])
+        kinds += [alt] if isinstance(alt, str) else list(alt)
+    if not kinds or "string" in kinds:
+        return value
+    return _scalar(value, kinds)
 
 
 def _check_consistency(config: dict, source: str) -> None:

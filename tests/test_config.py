@@ -126,6 +126,23 @@ def test_seeds_from_the_command_line_become_integers(raw):
     assert "seeds.0" in errors_of(raw, lambda c: c.update(seeds=["-1"]))
 
 
+def test_nested_command_line_strings_take_the_schemas_types(raw):
+    """`--config 'sweep={v: {method: coconut, lr: 2.0e-3}}'` hands nested scalars over as strings,
+    and YAML reads `2e-3` as one: where the schema wants a number, bool or null they become one."""
+    cfg = copy.deepcopy(raw)
+    cfg["sweep"]["lr2"] = {"method": "coconut", "lr": "2.0e-3", "steps": "900"}
+    cfg["distill"]["common"]["lr"] = "2e-3"
+    cfg["factorize"].update(energy="null", center="false")
+    cfg["run"] = "123"                                        # a string field keeps its string
+    out = validate_config(cfg, "cfg.yaml")
+    assert out["sweep"]["lr2"]["lr"] == 0.002 and out["sweep"]["lr2"]["steps"] == 900
+    assert out["distill"]["common"]["lr"] == 0.002
+    assert out["factorize"]["energy"] is None and out["factorize"]["center"] is False
+    assert out["run"] == "123"
+    # what does not spell its type is still rejected, by name
+    assert "sweep.lr2.lr" in errors_of(raw, lambda c: c["sweep"].update(lr2={"method": "coconut", "lr": "fast"}))
+
+
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda c: c["data"]["quickstart"].update(min_steps=5), "data.train: min_steps 5 > max_steps 4"),
     (lambda c: (c["methods"].append("codi"), c["distill"].pop("codi")), "methods: 'codi' has no distill.codi section"),
