@@ -13,13 +13,13 @@ import yaml
 from lori.config import (ConfigError, config_hash, load_config, load_schema, parse_stage_args,
                          to_flags, validate_config)
 from lori.dump_hidden import DumpHiddenConfig
-from lori.training.recipes.args import LoriArgs
 from lori.evaluate import EvaluateConfig
 from lori.factorize import FactorizeConfig
 from lori.report import ReportConfig
 from lori.targets import TargetsConfig
 from lori.teacher_cot import TeacherCoTConfig
 from lori.training.loop import OptimConfig
+from lori.training.recipes.args import LoriArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
