@@ -9,7 +9,9 @@ arithmetic (bench/README.md, "The latent chain"). :class:`Chain` runs those step
 - LLaMA-style decoders (LLaMA, SmolLM2, Qwen2, Qwen3, Mistral; full attention): the model's
   decoder layers are called one after the other on the new position, with the attention mask,
   positions and rotary tables of the whole chain built once; only the requested hidden states
-  are kept, and the LM head runs only when logits are asked for. Without autograd (decoding,
+  are kept, and the LM head runs only when logits are asked for. The prompt block (``prefill``)
+  runs the last decoder layer on its last position only, with the keys/values of the others:
+  nothing reads that layer's output elsewhere. Without autograd (decoding,
   evaluation) the KV cache is preallocated for the whole chain and written in place. With
   autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32, plain
   ``Linear`` layers, SiLU MLP, no q/k norms), each layer and step is one hand-written autograd
@@ -82,13 +84,52 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False):
     """Forward a left-padded prompt block; returns ``(cache, logits [B, V], hidden [B, d] | None)``
     at its last position (the only one a chain or a decoder reads, so the LM head runs there only)."""
     if llama_style(model, ids.shape[1]):
-        out, cache = forward_cached(model.model, None, input_ids=ids, attention_mask=mask,
-                                    position_ids=position_ids(mask))
-        last = out.last_hidden_state[:, -1]
+        cache, last = _prefill_layers(model, ids, mask)
         return cache, model.get_output_embeddings()(last), last
     out, cache = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                                 output_hidden_states=hidden, logits_to_keep=1)
     return cache, out.logits[:, -1], (out.hidden_states[-1][:, -1] if hidden else None)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary map of LLaMA's ``apply_rotary_pos_emb`` ([B, heads, T, hd]; cos/sin [B, T, hd])."""
+    half = x.shape[-1] // 2
+    return x * cos[:, None] + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin[:, None]
+
+
+def _prefill_layers(model, ids: torch.Tensor, mask: torch.Tensor):
+    """A LLaMA-style prompt block through the decoder layers, the last one on the last position
+    only: of the last layer nothing but its keys/values and its output at the last position is
+    ever read, so its queries, attention and MLP on the other positions are skipped (forward, and
+    backward for a chain fed from the last position). Returns ``(cache, final-normed state [B, d])``."""
+    from transformers import DynamicCache
+    from transformers.masking_utils import create_causal_mask
+
+    base = model.model
+    layers = base.layers[: model.config.num_hidden_layers]
+    keyword = _cache_keyword(type(layers[0]))
+    cache = DynamicCache(config=model.config)
+    h = base.embed_tokens(ids)
+    pos = position_ids(mask)
+    causal = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=mask, cache=cache,
+                                position_ids=pos)
+    cos, sin = base.rotary_emb(h, pos)
+    for layer in layers[:-1]:
+        h = layer(h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=pos, use_cache=True,
+                  **{keyword: cache})
+    last, attn = layers[-1], layers[-1].self_attn
+    if h.shape[1] > 1:        # the last layer's keys/values of the positions before the last
+        normed = last.input_layernorm(h[:, :-1])
+        shape = (*normed.shape[:-1], -1, attn.head_dim)
+        keys = attn.k_proj(normed).view(shape)
+        if hasattr(attn, "k_norm"):          # Qwen3 normalises keys per head before the rotary map
+            keys = attn.k_norm(keys)
+        values = attn.v_proj(normed).view(shape).transpose(1, 2)
+        cache.update(_rotate(keys.transpose(1, 2), cos[:, :-1], sin[:, :-1]), values, len(layers) - 1)
+    row = None if causal is None else causal[:, :, -1:]      # the mask's last query row, in its own format
+    h = last(h[:, -1:], attention_mask=row, position_embeddings=(cos[:, -1:], sin[:, -1:]), position_ids=pos[:, -1:],
+             use_cache=True, **{keyword: cache})
+    return cache, base.norm(h[:, 0])
 
 
 def start_chain(model, cache, mask: torch.Tensor, next_pos: torch.Tensor, steps: int, reserve: int = 0) -> "Chain":
