@@ -22,7 +22,9 @@ from lori.model.sequences import prompt_ids, pad_left, student_batch
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gpt2")
 K = 3
-TOL = {"rtol": 1e-5, "atol": 1e-6}
+# float32 rounding: the fused step attends over prompt and thoughts in one product, the plain path
+# in the model's kernel; states are O(1), so an absolute 2e-6 is a few ulps summed over the layers
+TOL = {"rtol": 1e-5, "atol": 2e-6}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,16 @@ import pytest
 import torch
 
 from lori.model.chain import _cache_keyword, _LlamaChain, prefill, start_chain
-from lori.model.fused_step import FusedLayerStep, LayerGate, LayerWeights, StepGradients, fusable
+from lori.model.fused_step import (
+    ChainEnd,
+    FusedLayerStep,
+    KeyValueBuffers,
+    LayerGate,
+    LayerWeights,
+    StepGradients,
+    fusable,
+    rotary_tables,
+)
 
 
 def tiny_llama(**overrides):
@@ -28,25 +37,26 @@ def tiny_llama(**overrides):
 
 def two_steps(w: LayerWeights, h, prompt_keys, prompt_values, mask, cos, sin, params):
     """Two positions through one layer after a prompt; returns everything a loss could read."""
-    grads = StepGradients()
-    gate = LayerGate.apply(prompt_keys, prompt_values, *params, grads)
+    grads, buffers = StepGradients(), KeyValueBuffers(prompt_keys, prompt_values, 2)
+    gate = LayerGate.apply(prompt_keys, prompt_values, *params, grads, buffers)
     fixed = dataclasses.replace(w, **dict(zip(("input_norm", "qkv", "qkv_bias", "out", "post_norm", "gate_up", "down"),
                                               (p.detach() for p in params))))
-    keys = prompt_keys[:, :, :0]
-    values = prompt_values[:, :, :0]
-    outs = []
+    full_mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], 2)], dim=-1)
+    link, outs = prompt_keys.new_empty(0), []
     for n in range(2):
-        h, keys, values = FusedLayerStep.apply(h, gate, keys, values, cos[:, n], sin[:, n], prompt_keys.detach(),
-                                               prompt_values.detach(), mask, grads, fixed)
+        h, link = FusedLayerStep.apply(h, gate, link, *rotary_tables(cos[:, n], sin[:, n]), full_mask, buffers, grads,
+                                       fixed)
         outs.append(h)
+    keys, values = ChainEnd.apply(link, buffers)
     return torch.cat(outs, dim=-1), keys, values
 
 
-def test_backward_matches_finite_differences():
-    model = tiny_llama(attention_bias=True).double()
+@pytest.mark.parametrize("kv", [2, 4])        # grouped-query heads, and one query per key/value head
+def test_backward_matches_finite_differences(kv):
+    model = tiny_llama(attention_bias=True, num_key_value_heads=kv).double()
     layer = model.model.layers[0]
     w = LayerWeights.of(layer, model.config)
-    B, T0, kv, hd = 3, 5, 2, 4
+    B, T0, hd = 3, 5, 4
     torch.manual_seed(1)
     h = torch.randn(B, 16, dtype=torch.float64, requires_grad=True)
     pk = torch.randn(B, kv, T0, hd, dtype=torch.float64, requires_grad=True)
@@ -80,9 +90,11 @@ def test_forward_is_the_decoder_layer():
     want = layer(h[:, None], attention_mask=None, position_embeddings=(cos, sin), position_ids=positions,
                  use_cache=True, **{_cache_keyword(type(layer)): cache})[:, 0]
     w = LayerWeights.of(layer, model.config)
-    gate = LayerGate.apply(pk, pv, *w.tensors(), StepGradients())
-    got, keys, values = FusedLayerStep.apply(h, gate, pk[:, :, :0], pv[:, :, :0], cos[:, 0], sin[:, 0], pk, pv, None,
-                                             StepGradients(), w.detached())
+    buffers = KeyValueBuffers(pk, pv, 1)
+    gate = LayerGate.apply(pk, pv, *w.tensors(), StepGradients(), buffers)
+    got, link = FusedLayerStep.apply(h, gate, pk.new_empty(0), *rotary_tables(cos[:, 0], sin[:, 0]), None, buffers,
+                                     StepGradients(), w.detached())
+    keys, values = ChainEnd.apply(link, buffers)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keys, cache.layers[0].keys[:, :, T0:], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, cache.layers[0].values[:, :, T0:], rtol=1e-5, atol=1e-6)

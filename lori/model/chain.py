@@ -269,7 +269,7 @@ class _LlamaChain(Chain):
         self.fused = None
         if (torch.is_grad_enabled() and self.prefix > 0 and cache.get_seq_length() == self.prefix
                 and not torch.is_autocast_enabled(mask.device.type) and fusable(model)):
-            self.fused = FusedChainLayers(model, cache, mask)
+            self.fused = FusedChainLayers(model, cache, mask, steps)
         # as the model's forward does: no mask when nothing is padded, else a boolean [B, 1, 1, T]
         self.attn_mask = None if bool(mask.all()) else self.full_mask.bool()[:, None, None, :]
         dtype = base.embed_tokens.weight.dtype

@@ -9,18 +9,21 @@ step. On a CPU that traffic is a large part of what a thought costs beyond its a
 
 :class:`FusedLayerStep` computes the same function as a LLaMA-style decoder layer (RMSNorm,
 rotary attention over the cache with grouped-query heads, SwiGLU MLP) in ~30 ops and its
-gradient in ~40, saving only what the backward reads. Two kinds of gradient are not formed per
-step but once per chain, by the layer's :class:`LayerGate` (the node through which the prompt's
-keys/values and the layer's weights enter every step; autograd runs it after all the steps'
-backwards):
+gradient in ~40, saving only what the backward reads:
 
-- the **prompt's** keys/values, fixed for the whole chain, are read by every step and copied by
-  none; each step leaves its attention weights and score gradients on them;
-- the **weights**: each step leaves its output gradients and inputs ([B, *] each), and the gate
-  forms every weight's gradient with one matmul over all K steps, instead of K weight-sized
-  gradients written and accumulated (at small batch, the largest memory traffic of a step).
+- **keys/values**: each layer's live in one :class:`KeyValueBuffers` for the whole chain (the
+  prompt's copied in once, each step writing its own slot in place), so attention is one product
+  over prompt and thoughts and nothing is concatenated per step; their gradients are accumulated
+  in place in buffers of the same shape (with one query per key/value head, as outer products:
+  ``addcmul_``), each step's backward reading its own slot's, complete once the later steps'
+  backwards have run (the ``link`` between a layer's steps makes autograd keep that order);
+- **weights**: each step leaves its output gradients and inputs ([B, *] each), and the layer's
+  :class:`LayerGate` (the node through which the weights and the prompt's keys/values enter
+  every step; autograd runs it after all the steps' backwards) forms every weight's gradient
+  with one matmul over all K steps, instead of K weight-sized gradients written and accumulated
+  (at small batch, the largest memory traffic of a step).
 
-The thoughts' own keys/values (a few positions) grow by ``cat`` and are differentiated normally.
+The thoughts' keys/values reach the model's forward after the chain through :class:`ChainEnd`.
 Each backward pass (``retain_graph`` allows several) collects its own contributions.
 
 Numerics: the same maths in a different order, so equal to the model's layer within float
@@ -43,9 +46,21 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position's rotary tables [B, hd] as the step applies them, ``x * cos + roll(x) * signed_sin``
+    ([B, 1, hd] each): LLaMA's ``rotate_half(x) = cat(-x2, x1)`` is ``roll(x, hd/2)`` with the first
+    half's sign moved onto ``sin`` (the same products, so the same numbers)."""
+    half = sin.shape[-1] // 2
+    return cos[:, None], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+
+
+def _rotate_back(d: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The transpose of :func:`_rotate` (a roll by half the width is its own inverse)."""
+    return d * cos + (d * signed_sin).roll(d.shape[-1] // 2, -1)
 
 
 def _rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
@@ -123,20 +138,55 @@ def fusable(model) -> bool:
     return True
 
 
+class KeyValueBuffers:
+    """One layer's keys/values for a whole chain [B, kv, T0 + steps, hd]: the prompt's, copied in
+    once, then one slot per step written in place; and, per backward pass, their gradients,
+    accumulated in place by the steps' backwards (each step reads and writes only the slots up to
+    its own, so what a later step writes never changes what an earlier one saved: the buffers are
+    kept on ``ctx`` rather than saved, since autograd's version check would reject in-place
+    writes to a saved tensor). The prompt slots' gradients leave through :class:`LayerGate`, a
+    step's own through its q|k|v projection."""
+
+    def __init__(self, prompt_keys: torch.Tensor, prompt_values: torch.Tensor, steps: int):
+        B, kv, T0, hd = prompt_keys.shape
+        self.prompt, self.filled = T0, T0
+        self.keys = prompt_keys.new_empty(B, kv, T0 + steps, hd)
+        self.values = prompt_values.new_empty(B, kv, T0 + steps, hd)
+        self.keys[:, :, :T0], self.values[:, :, :T0] = prompt_keys.detach(), prompt_values.detach()
+        self.task = self.d_keys = self.d_values = None
+
+    def append(self, key: torch.Tensor, value: torch.Tensor) -> int:
+        """Writes one position's key/value [B, kv, 1, hd]; returns its slot."""
+        slot = self.filled
+        self.keys[:, :, slot : slot + 1], self.values[:, :, slot : slot + 1] = key, value
+        self.filled += 1
+        return slot
+
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient buffers of the running backward pass (zeros when it first asks): a pass
+        with ``retain_graph`` or a partial ``autograd.grad`` collects its own."""
+        task = torch._C._current_graph_task_id()
+        if task != self.task:
+            self.task = task
+            self.d_keys, self.d_values = torch.zeros_like(self.keys), torch.zeros_like(self.values)
+        return self.d_keys, self.d_values
+
+    def prompt_gradients(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.task != torch._C._current_graph_task_id():
+            return None, None
+        return self.d_keys[:, :, : self.prompt], self.d_values[:, :, : self.prompt]
+
+
 class StepGradients:
     """What each step's backward leaves for :class:`LayerGate`, per step, as pairs whose product
-    summed over steps is a gradient: for the prompt's keys the score gradients on the prompt
-    [B, kv, g, T0] and the queries [B, kv, g, hd], for its values the attention probabilities on
-    the prompt and the attention-output gradients; for each weight matrix its output gradient
-    and input [B, *]; for each norm weight the gradient of its output and the normalised input
-    [B, d]."""
+    summed over steps is a gradient: for each weight matrix its output gradient and input [B, *];
+    for each norm weight the gradient of its output and the normalised input [B, d]."""
 
     def __init__(self):
         self.task = None
         self.clear()
 
     def clear(self) -> None:
-        self.prompt = {name: ([], []) for name in ("keys", "values")}
         self.linear = {name: ([], []) for name in ("qkv", "out", "gate_up", "down")}
         self.norm = {name: ([], []) for name in ("input_norm", "post_norm")}
 
@@ -147,10 +197,6 @@ class StepGradients:
         if task != self.task:
             self.clear()
             self.task = task
-
-    def add_prompt(self, name: str, left: torch.Tensor, right: torch.Tensor) -> None:
-        self.prompt[name][0].append(left)
-        self.prompt[name][1].append(right)
 
     def add_linear(self, name: str, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
         self.linear[name][0].append(grad_out)
@@ -167,12 +213,12 @@ class LayerGate(torch.autograd.Function):
     backward after all the steps' backwards, so the per-step contributions are summed here in
     one matmul per tensor (``[K*B, out]^T @ [K*B, in]``) instead of K small matmuls, each
     writing and accumulating a weight-sized gradient (a LoRi step's largest memory traffic at
-    small batch)."""
+    small batch); the prompt's key/value gradients are the steps' sums in ``buffers``."""
 
     @staticmethod
     def forward(ctx, prompt_keys, prompt_values, input_norm, qkv, qkv_bias, out, post_norm, gate_up, down,
-                grads: StepGradients):
-        ctx.grads = grads
+                grads: StepGradients, buffers: KeyValueBuffers):
+        ctx.grads, ctx.buffers = grads, buffers
         return prompt_keys.new_zeros(())
 
     @staticmethod
@@ -180,8 +226,8 @@ class LayerGate(torch.autograd.Function):
     def backward(ctx, _):
         g: StepGradients = ctx.grads
         needs = ctx.needs_input_grad
-        if not g.prompt["keys"][0] or g.task != torch._C._current_graph_task_id():
-            return (None,) * 10
+        if not g.linear["qkv"][0] or g.task != torch._C._current_graph_task_id():
+            return (None,) * 11
 
         def summed(name):
             grad_out, inputs = (torch.cat(t) for t in g.linear[name])
@@ -191,48 +237,47 @@ class LayerGate(torch.autograd.Function):
             grad_out, normed = (torch.cat(t) for t in g.norm[name])
             return (grad_out * normed).sum(0)
 
-        def prompt(name):          # steps stacked along the query axis: [B, kv, K*g, *]
-            left, right = (torch.cat(t, dim=2) for t in g.prompt[name])
-            return left.transpose(-1, -2) @ right
-
         d_qkv_b = None
         d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
         if needs[4]:
             d_qkv_b = grad_qkv.sum(0)
-        grads = (prompt("keys") if needs[0] else None, prompt("values") if needs[1] else None,
+        d_keys, d_values = ctx.buffers.prompt_gradients()
+        grads = (d_keys if needs[0] else None, d_values if needs[1] else None,
                  norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
                  summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
-                 summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
+                 summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None, None)
         g.clear()
         return grads
 
 
 class FusedLayerStep(torch.autograd.Function):
-    """``(h [B, d], thought keys/values [B, kv, n, hd]) -> (layer output [B, d], keys/values with
-    this position appended [B, kv, n + 1, hd])``. The prompt's keys/values are read, not copied,
-    and the weights (``w``, detached) get their gradients through the layer's :class:`LayerGate`."""
+    """``(h [B, d], link) -> (layer output [B, d], link)``: this position's key/value is written into
+    the layer's :class:`KeyValueBuffers` and attention reads the buffers' filled slots (prompt and
+    steps so far); the weights (``w``, detached) get their gradients through the layer's
+    :class:`LayerGate`. ``link`` (an empty tensor) passes from each step to the next step of the same
+    layer, so that autograd runs their backwards latest step first, as the in-place key/value
+    gradients need, even where nothing else connects them."""
 
     @staticmethod
-    def forward(ctx, h, gate, thought_keys, thought_values, cos, sin, prompt_keys, prompt_values, prompt_mask,
-                grads: StepGradients, w: LayerWeights):
+    def forward(ctx, h, gate, link, cos, sin, mask, buffers: KeyValueBuffers, grads: StepGradients, w: LayerWeights):
+        """``cos``, ``sin``: this position's tables from :func:`rotary_tables`; ``mask``: additive
+        [B, 1, 1, T0 + steps] or None."""
         B = h.shape[0]
         kv, hd = w.kv_heads, w.head_dim
         groups = w.heads // kv
         rstd1 = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + w.eps)
         normed = h * rstd1 * w.input_norm
         qkv = F.linear(normed, w.qkv, w.qkv_bias)
-        q, k, v = qkv.split([w.heads * hd, kv * hd, kv * hd], dim=-1)
-        c, s = cos[:, None, None], sin[:, None, None]
-        q, k, v = q.view(B, kv, groups, hd), k.view(B, kv, 1, hd), v.view(B, kv, 1, hd)
-        q = q * c + _rotate_half(q) * s
-        k = k * c + _rotate_half(k) * s
-        keys, values = torch.cat([thought_keys, k], dim=2), torch.cat([thought_values, v], dim=2)
-        T0 = prompt_keys.shape[2]
-        scores = torch.cat([q @ prompt_keys.transpose(-1, -2), q @ keys.transpose(-1, -2)], dim=-1) * w.scaling
-        if prompt_mask is not None:
-            scores[..., :T0] += prompt_mask
-        p = torch.softmax(scores, dim=-1)                                        # [B, kv, g, T0 + n + 1]
-        attn = (p[..., :T0] @ prompt_values + p[..., T0:] @ values).reshape(B, w.heads * hd)
+        qk, v = qkv.split([(w.heads + kv) * hd, kv * hd], dim=-1)
+        qk = _rotate(qk.view(B, w.heads + kv, hd), cos, sin)      # queries and keys rotated together
+        q = qk[:, : w.heads].reshape(B, kv, groups, hd)
+        slot = buffers.append(qk[:, w.heads :].view(B, kv, 1, hd), v.view(B, kv, 1, hd))
+        keys, values = buffers.keys[:, :, : slot + 1], buffers.values[:, :, : slot + 1]
+        scores = (q @ keys.transpose(-1, -2)) * w.scaling                       # [B, kv, g, slot + 1]
+        if mask is not None:
+            scores += mask[..., : slot + 1]
+        p = torch.softmax(scores, dim=-1)
+        attn = (p @ values).reshape(B, w.heads * hd)
         mid = h + attn @ w.out.t()
         rstd2 = torch.rsqrt(mid.pow(2).mean(-1, keepdim=True) + w.eps)
         normed2 = mid * rstd2 * w.post_norm
@@ -240,83 +285,112 @@ class FusedLayerStep(torch.autograd.Function):
         act = F.silu(gate_pre)
         inner = act * up
         out = mid + inner @ w.down.t()
-        ctx.save_for_backward(h, rstd1, normed, q, keys, values, p, attn, mid, rstd2, normed2, gate_pre, up, act,
-                              inner, cos, sin, prompt_keys, prompt_values)
-        ctx.grads, ctx.w = grads, w
-        return out, keys, values
+        ctx.save_for_backward(h, rstd1, normed, q, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, cos, sin)
+        ctx.grads, ctx.w, ctx.buffers, ctx.slot = grads, w, buffers, slot
+        return out, link.new_empty(0)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, d_out, d_keys, d_values):
-        (h, rstd1, normed, q, keys, values, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, cos, sin,
-         prompt_keys, prompt_values) = ctx.saved_tensors
+    def backward(ctx, d_out, _):
+        h, rstd1, normed, q, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, cos, sin = ctx.saved_tensors
         w: LayerWeights = ctx.w
         g: StepGradients = ctx.grads
+        buffers: KeyValueBuffers = ctx.buffers
         g.begin_step()
-        B, T0, hd = h.shape[0], prompt_keys.shape[2], w.head_dim
+        d_key_buffer, d_value_buffer = buffers.gradients()
+        B, slot, hd = h.shape[0], ctx.slot, w.head_dim
         # MLP
         g.add_linear("down", d_out, inner)
         d_inner = d_out @ w.down
-        sig = torch.sigmoid(gate_pre)
-        d_gate_up = torch.cat([d_inner * up * sig * (1 + gate_pre * (1 - sig)), d_inner * act], dim=-1)
+        d_gate_up = torch.cat([torch.ops.aten.silu_backward(d_inner * up, gate_pre), d_inner * act], dim=-1)
         g.add_linear("gate_up", d_gate_up, normed2)
         d_mid = _rms_norm_backward(d_gate_up @ w.gate_up, mid, rstd2, w.post_norm, g, "post_norm") + d_out
-        # attention
+        # attention: this step's share of every filled slot's key/value gradient goes into the buffers
         g.add_linear("out", d_mid, attn)
         d_attn = (d_mid @ w.out).view(B, w.kv_heads, -1, hd)
-        d_p = torch.cat([d_attn @ prompt_values.transpose(-1, -2), d_attn @ values.transpose(-1, -2)], dim=-1)
-        d_scores = p * (d_p - (p * d_p).sum(-1, keepdim=True)) * w.scaling
-        d_q = d_scores[..., :T0] @ prompt_keys + d_scores[..., T0:] @ keys
-        d_keys = d_scores[..., T0:].transpose(-1, -2) @ q + (d_keys if d_keys is not None else 0)
-        d_values = p[..., T0:].transpose(-1, -2) @ d_attn + (d_values if d_values is not None else 0)
-        g.add_prompt("keys", d_scores[..., :T0], q)
-        g.add_prompt("values", p[..., :T0], d_attn)
-        # rotary (an orthogonal map: its transpose rotates back) and the q|k|v projection
-        c, s = cos[:, None, None], sin[:, None, None]
-        d_k = d_keys[:, :, -1:]
-        d_qkv = torch.cat([(d_q * c - _rotate_half(d_q * s)).reshape(B, -1),
-                           (d_k * c - _rotate_half(d_k * s)).reshape(B, -1),
-                           d_values[:, :, -1:].reshape(B, -1)], dim=-1)
+        keys, values = buffers.keys[:, :, : slot + 1], buffers.values[:, :, : slot + 1]
+        d_p = d_attn @ values.transpose(-1, -2)
+        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype) * w.scaling
+        d_q = d_scores @ keys
+        # one query per key/value head: the products are outer products, added in place (baddbmm_
+        # into the strided buffer views would loop over the batch on CPU)
+        if q.shape[2] == 1:
+            d_key_buffer[:, :, : slot + 1].addcmul_(d_scores.transpose(-1, -2), q)
+            d_value_buffer[:, :, : slot + 1].addcmul_(p.transpose(-1, -2), d_attn)
+        else:
+            d_key_buffer[:, :, : slot + 1] += d_scores.transpose(-1, -2) @ q
+            d_value_buffer[:, :, : slot + 1] += p.transpose(-1, -2) @ d_attn
+        # rotary (orthogonal: its transpose rotates back) and the q|k|v projection; the later steps'
+        # backwards have already added their shares to this slot's key/value gradient
+        d_qk = torch.cat([d_q.reshape(B, w.heads, hd), d_key_buffer[:, :, slot]], dim=1)
+        d_qkv = torch.cat([_rotate_back(d_qk, cos, sin).reshape(B, -1), d_value_buffer[:, :, slot].reshape(B, -1)],
+                          dim=-1)
         g.add_linear("qkv", d_qkv, normed)
         d_h = _rms_norm_backward(d_qkv @ w.qkv, h, rstd1, w.input_norm, g, "input_norm") + d_mid
-        return (d_h, torch.zeros_like(cos[0, 0]), d_keys[:, :, :-1], d_values[:, :, :-1],
-                None, None, None, None, None, None, None)
+        return d_h, None, None, None, None, None, None, None, None
+
+
+class ChainEnd(torch.autograd.Function):
+    """``link -> (keys, values)`` of a layer's steps [B, kv, n, hd], for the model's forward after
+    the chain: their gradients go into the layer's :class:`KeyValueBuffers` before any step's
+    backward reads them (each step's backward waits for this one, through the links)."""
+
+    @staticmethod
+    def forward(ctx, link, buffers: KeyValueBuffers):
+        ctx.buffers = buffers
+        T0, n = buffers.prompt, buffers.filled
+        return buffers.keys[:, :, T0:n].clone(), buffers.values[:, :, T0:n].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_keys, d_values):
+        buffers: KeyValueBuffers = ctx.buffers
+        d_key_buffer, d_value_buffer = buffers.gradients()
+        T0, n = buffers.prompt, buffers.prompt + d_keys.shape[2]
+        d_key_buffer[:, :, T0:n] += d_keys
+        d_value_buffer[:, :, T0:n] += d_values
+        return None, None
 
 
 class FusedChainLayers:
-    """The K-step chain's state across all layers for :class:`FusedLayerStep`: the prompt's keys
-    and values (from the prefill's cache), one gate per layer, the thoughts' keys and values."""
+    """The K-step chain's state across all layers for :class:`FusedLayerStep`: per layer its
+    key/value buffers (the prompt's from the prefill's cache, then the steps'), its gate and the
+    link from its last step."""
 
-    def __init__(self, model, cache, prompt_mask: torch.Tensor):
+    def __init__(self, model, cache, prompt_mask: torch.Tensor, steps: int):
         layers = model.model.layers[: model.config.num_hidden_layers]
         weights = [LayerWeights.of(layer, model.config) for layer in layers]
         self.weights = [w.detached() for w in weights]
         self.cache = cache
-        self.prompt = [(layer.keys, layer.values) for layer in cache.layers]
+        prompt = [(layer.keys, layer.values) for layer in cache.layers]
+        self.buffers = [KeyValueBuffers(k, v, steps) for k, v in prompt]
         self.grads = [StepGradients() for _ in layers]
-        self.gates = [LayerGate.apply(k, v, *w.tensors(), g) for (k, v), w, g in zip(self.prompt, weights, self.grads)]
-        self.thoughts = [(k[:, :, :0], v[:, :, :0]) for k, v in self.prompt]
-        dtype = self.prompt[0][0].dtype
-        # additive mask on the prompt's (left-padded) positions; the thoughts are never masked
-        self.mask = None if bool(prompt_mask.all()) else \
-            ((1 - prompt_mask.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :]
+        self.gates = [LayerGate.apply(k, v, *w.tensors(), g, b)
+                      for (k, v), w, g, b in zip(prompt, weights, self.grads, self.buffers)]
+        self.links = [k.new_empty(0) for k, _ in prompt]
+        dtype = prompt[0][0].dtype
+        # additive mask on the prompt's (left-padded) positions; the steps are never masked
+        self.mask = None if bool(prompt_mask.all()) else torch.cat(
+            [(1 - prompt_mask.to(dtype)) * torch.finfo(dtype).min, prompt_mask.new_zeros(prompt_mask.shape[0], steps,
+                                                                                          dtype=dtype)],
+            dim=1)[:, None, None, :]
 
     def step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keep: set[int]) -> tuple[torch.Tensor, dict]:
         """All layers on one position: input [B, d] -> last layer's output [B, d] and the outputs of
         the layers in ``keep`` (hidden_states indices)."""
         states = {}
+        cos, sin = rotary_tables(cos, sin)
         for i, w in enumerate(self.weights):
-            tk, tv = self.thoughts[i]
-            pk, pv = self.prompt[i]
-            h, tk, tv = FusedLayerStep.apply(h, self.gates[i], tk, tv, cos, sin, pk.detach(), pv.detach(), self.mask,
-                                             self.grads[i], w)
-            self.thoughts[i] = (tk, tv)
+            h, self.links[i] = FusedLayerStep.apply(h, self.gates[i], self.links[i], cos, sin, self.mask,
+                                                    self.buffers[i], self.grads[i], w)
             if i + 1 in keep:
                 states[i + 1] = h
         return h, states
 
     def end(self):
-        """The prefill's cache with the thoughts appended (differentiably), for the model's forward."""
-        for layer, (tk, tv) in zip(self.cache.layers, self.thoughts):
-            layer.update(tk, tv)        # the cache layer's own bookkeeping (e.g. a sliding window's length)
+        """The prefill's cache with the steps' keys/values appended (differentiably), for the model's forward."""
+        for layer, link, buffers in zip(self.cache.layers, self.links, self.buffers):
+            if buffers.filled > buffers.prompt:
+                # the cache layer's own update keeps its bookkeeping (e.g. a sliding window's length)
+                layer.update(*ChainEnd.apply(link, buffers))
         return self.cache
