@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.model.fused_step import FusedChainLayers, fusable
+from lori.model.fused_step import FusedChainLayers, fusable, rotary_tables, rotate
 
 #: model types whose base model is LLaMA's: embed_tokens, decoder layers taking rotary tables, final norm
 LLAMA_STYLE = ("llama", "qwen2", "qwen3", "mistral")
@@ -91,12 +91,6 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False):
     return cache, out.logits[:, -1], (out.hidden_states[-1][:, -1] if hidden else None)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotary map of LLaMA's ``apply_rotary_pos_emb`` ([B, heads, T, hd]; cos/sin [B, T, hd])."""
-    half = x.shape[-1] // 2
-    return x * cos[:, None] + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin[:, None]
-
-
 def _prefill_layers(model, ids: torch.Tensor, mask: torch.Tensor):
     """A LLaMA-style prompt block through the decoder layers, the last one on the last position
     only: of the last layer nothing but its keys/values and its output at the last position is
@@ -125,7 +119,7 @@ def _prefill_layers(model, ids: torch.Tensor, mask: torch.Tensor):
         if hasattr(attn, "k_norm"):          # Qwen3 normalises keys per head before the rotary map
             keys = attn.k_norm(keys)
         values = attn.v_proj(normed).view(shape).transpose(1, 2)
-        cache.update(_rotate(keys.transpose(1, 2), cos[:, :-1], sin[:, :-1]), values, len(layers) - 1)
+        cache.update(rotate(keys.transpose(1, 2), *rotary_tables(cos[:, :-1], sin[:, :-1])), values, len(layers) - 1)
     row = None if causal is None else causal[:, :, -1:]      # the mask's last query row, in its own format
     h = last(h[:, -1:], attention_mask=row, position_embeddings=(cos[:, -1:], sin[:, -1:]), position_ids=pos[:, -1:],
              use_cache=True, **{keyword: cache})

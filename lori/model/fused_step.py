@@ -47,19 +47,20 @@ from torch.nn import functional as F
 
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One position's rotary tables [B, hd] as the step applies them, ``x * cos + roll(x) * signed_sin``
-    ([B, 1, hd] each): LLaMA's ``rotate_half(x) = cat(-x2, x1)`` is ``roll(x, hd/2)`` with the first
-    half's sign moved onto ``sin`` (the same products, so the same numbers)."""
+    """Rotary tables ([B, hd] for one position, [B, T, hd] for a block) as :func:`rotate` applies
+    them, with a head axis at dim 1: LLaMA's ``rotate_half(x) = cat(-x2, x1)`` is ``roll(x, hd/2)``
+    with the first half's sign moved onto ``sin`` (the same products, so the same numbers)."""
     half = sin.shape[-1] // 2
-    return cos[:, None], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None]
+    return cos[:, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """LLaMA's ``apply_rotary_pos_emb`` for ``x`` [B, heads, (T,) hd] with :func:`rotary_tables`."""
     return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 def _rotate_back(d: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """The transpose of :func:`_rotate` (a roll by half the width is its own inverse)."""
+    """The transpose of :func:`rotate` (a roll by half the width is its own inverse)."""
     return d * cos + (d * signed_sin).roll(d.shape[-1] // 2, -1)
 
 
@@ -269,7 +270,7 @@ class FusedLayerStep(torch.autograd.Function):
         normed = h * rstd1 * w.input_norm
         qkv = F.linear(normed, w.qkv, w.qkv_bias)
         qk, v = qkv.split([(w.heads + kv) * hd, kv * hd], dim=-1)
-        qk = _rotate(qk.view(B, w.heads + kv, hd), cos, sin)      # queries and keys rotated together
+        qk = rotate(qk.view(B, w.heads + kv, hd), cos, sin)      # queries and keys rotated together
         q = qk[:, : w.heads].reshape(B, kv, groups, hd)
         slot = buffers.append(qk[:, w.heads :].view(B, kv, 1, hd), v.view(B, kv, 1, hd))
         keys, values = buffers.keys[:, :, : slot + 1], buffers.values[:, :, : slot + 1]
