@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from lori.data.generator import generate
 from lori.data.records import BOT, EOT, cot_text
-from lori.model.chain import _LlamaChain, _ModelChain, forward_cached, position_ids, start_chain
+from lori.model.chain import _LlamaChain, _ModelChain, forward_cached, position_ids, prefill, start_chain
 from lori.model.generate import generate_cot
 from lori.model.latent import LatentStudent
 from lori.model.loading import build_word_tokenizer
@@ -145,6 +145,26 @@ def test_training_forward_matches_the_plain_path(arch, feedback, tokenizer, reco
     again, again_grads = loss_and_grads(student, fast)            # CPU runs are bitwise deterministic
     assert all(torch.equal(a, g) for a, g in zip(again, got))
     assert all(torch.equal(again_grads[n], g) for n, g in grads.items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("size", [5, 1])                             # batch 1: nothing padded, no mask
+def test_prefill_is_the_model_forward_at_the_last_position(arch, size, tokenizer, records):
+    """The LLaMA-style prefill runs its last layer on the last position only: the cache (every
+    layer's keys/values, the last layer's included) and the last position's logits and state
+    are the model's own forward's."""
+    model = tiny_model(arch, tokenizer).eval()
+    ids, mask = pad_left([prompt_ids(tokenizer, r.question) for r in records[:size]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        cache, logits, last = prefill(model, ids, mask, hidden=True)
+        out, want = forward_cached(model, None, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                                   output_hidden_states=True)
+    torch.testing.assert_close(logits, out.logits[:, -1], **TOL)
+    torch.testing.assert_close(last, out.hidden_states[-1][:, -1], **TOL)
+    assert len(cache.layers) == len(want.layers)
+    for got_layer, want_layer in zip(cache.layers, want.layers):
+        torch.testing.assert_close(got_layer.keys, want_layer.keys, **TOL)
+        torch.testing.assert_close(got_layer.values, want_layer.values, **TOL)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
