@@ -38,7 +38,7 @@ def tiny_llama(**overrides):
 def two_steps(w: LayerWeights, h, prompt_keys, prompt_values, mask, cos, sin, params):
     """Two positions through one layer after a prompt; returns everything a loss could read."""
     grads, buffers = StepGradients(), KeyValueBuffers(prompt_keys, prompt_values, 2)
-    gate = LayerGate.apply(prompt_keys, prompt_values, *params, grads, buffers)
+    gate = LayerGate.apply(prompt_keys, prompt_values, *params, grads)
     fixed = dataclasses.replace(w, **dict(zip(("input_norm", "qkv", "qkv_bias", "out", "post_norm", "gate_up", "down"),
                                               (p.detach() for p in params))))
     full_mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], 2)], dim=-1)
@@ -47,7 +47,7 @@ def two_steps(w: LayerWeights, h, prompt_keys, prompt_values, mask, cos, sin, pa
         h, link = FusedLayerStep.apply(h, gate, link, *rotary_tables(cos[:, n], sin[:, n]), full_mask, buffers, grads,
                                        fixed)
         outs.append(h)
-    keys, values = ChainEnd.apply(link, buffers)
+    keys, values = ChainEnd.apply(link, buffers, grads)
     return torch.cat(outs, dim=-1), keys, values
 
 
@@ -91,10 +91,11 @@ def test_forward_is_the_decoder_layer():
                  use_cache=True, **{_cache_keyword(type(layer)): cache})[:, 0]
     w = LayerWeights.of(layer, model.config)
     buffers = KeyValueBuffers(pk, pv, 1)
-    gate = LayerGate.apply(pk, pv, *w.tensors(), StepGradients(), buffers)
+    grads = StepGradients()
+    gate = LayerGate.apply(pk, pv, *w.tensors(), grads)
     got, link = FusedLayerStep.apply(h, gate, pk.new_empty(0), *rotary_tables(cos[:, 0], sin[:, 0]), None, buffers,
-                                     StepGradients(), w.detached())
-    keys, values = ChainEnd.apply(link, buffers)
+                                     grads, w.detached())
+    keys, values = ChainEnd.apply(link, buffers, grads)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keys, cache.layers[0].keys[:, :, T0:], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, cache.layers[0].values[:, :, T0:], rtol=1e-5, atol=1e-6)

@@ -141,12 +141,10 @@ def fusable(model) -> bool:
 
 class KeyValueBuffers:
     """One layer's keys/values for a whole chain [B, kv, T0 + steps, hd]: the prompt's, copied in
-    once, then one slot per step written in place; and, per backward pass, their gradients,
-    accumulated in place by the steps' backwards (each step reads and writes only the slots up to
-    its own, so what a later step writes never changes what an earlier one saved: the buffers are
-    kept on ``ctx`` rather than saved, since autograd's version check would reject in-place
-    writes to a saved tensor). The prompt slots' gradients leave through :class:`LayerGate`, a
-    step's own through its q|k|v projection."""
+    once, then one slot per step written in place (each step reads only the slots up to its own,
+    so what a later step writes never changes what an earlier one saved: the buffers are kept on
+    ``ctx`` rather than saved, since autograd's version check would reject in-place writes to a
+    saved tensor). Their gradients live in the layer's :class:`StepGradients`."""
 
     def __init__(self, prompt_keys: torch.Tensor, prompt_values: torch.Tensor, steps: int):
         B, kv, T0, hd = prompt_keys.shape
@@ -154,7 +152,6 @@ class KeyValueBuffers:
         self.keys = prompt_keys.new_empty(B, kv, T0 + steps, hd)
         self.values = prompt_values.new_empty(B, kv, T0 + steps, hd)
         self.keys[:, :, :T0], self.values[:, :, :T0] = prompt_keys.detach(), prompt_values.detach()
-        self.task = self.d_keys = self.d_values = None
 
     def append(self, key: torch.Tensor, value: torch.Tensor) -> int:
         """Writes one position's key/value [B, kv, 1, hd]; returns its slot."""
@@ -163,25 +160,13 @@ class KeyValueBuffers:
         self.filled += 1
         return slot
 
-    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gradient buffers of the running backward pass (zeros when it first asks): a pass
-        with ``retain_graph`` or a partial ``autograd.grad`` collects its own."""
-        task = torch._C._current_graph_task_id()
-        if task != self.task:
-            self.task = task
-            self.d_keys, self.d_values = torch.zeros_like(self.keys), torch.zeros_like(self.values)
-        return self.d_keys, self.d_values
-
-    def prompt_gradients(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.task != torch._C._current_graph_task_id():
-            return None, None
-        return self.d_keys[:, :, : self.prompt], self.d_values[:, :, : self.prompt]
-
-
 class StepGradients:
-    """What each step's backward leaves for :class:`LayerGate`, per step, as pairs whose product
-    summed over steps is a gradient: for each weight matrix its output gradient and input [B, *];
-    for each norm weight the gradient of its output and the normalised input [B, d]."""
+    """One layer's gradients of the running backward pass: the keys'/values' gradients for every
+    slot of its :class:`KeyValueBuffers`, accumulated in place by the steps' backwards (the prompt
+    slots' leave through :class:`LayerGate`, a step's own through its q|k|v projection); and, per
+    step, pairs whose product summed over steps is a gradient, for the gate: for each weight
+    matrix its output gradient and input [B, *], for each norm weight the gradient of its output
+    and the normalised input [B, d]."""
 
     def __init__(self):
         self.task = None
@@ -190,14 +175,19 @@ class StepGradients:
     def clear(self) -> None:
         self.linear = {name: ([], []) for name in ("qkv", "out", "gate_up", "down")}
         self.norm = {name: ([], []) for name in ("input_norm", "post_norm")}
+        self.d_keys = self.d_values = None
 
-    def begin_step(self) -> None:
-        """Called by each step's backward: entries left by an earlier backward pass (one that
-        did not reach the gate, e.g. ``autograd.grad`` for the inputs only) are dropped."""
+    def begin_step(self, buffers: KeyValueBuffers) -> tuple[torch.Tensor, torch.Tensor]:
+        """Called by each backward that writes here; returns the key/value gradient buffers.
+        What an earlier backward pass left (one with ``retain_graph``, or one that did not reach
+        the gate, e.g. ``autograd.grad`` for the inputs only) is dropped: each pass collects its own."""
         task = torch._C._current_graph_task_id()
         if task != self.task:
             self.clear()
             self.task = task
+        if self.d_keys is None:
+            self.d_keys, self.d_values = torch.zeros_like(buffers.keys), torch.zeros_like(buffers.values)
+        return self.d_keys, self.d_values
 
     def add_linear(self, name: str, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
         self.linear[name][0].append(grad_out)
@@ -214,12 +204,12 @@ class LayerGate(torch.autograd.Function):
     backward after all the steps' backwards, so the per-step contributions are summed here in
     one matmul per tensor (``[K*B, out]^T @ [K*B, in]``) instead of K small matmuls, each
     writing and accumulating a weight-sized gradient (a LoRi step's largest memory traffic at
-    small batch); the prompt's key/value gradients are the steps' sums in ``buffers``."""
+    small batch); the prompt's key/value gradients are the steps' sums in ``grads``."""
 
     @staticmethod
     def forward(ctx, prompt_keys, prompt_values, input_norm, qkv, qkv_bias, out, post_norm, gate_up, down,
-                grads: StepGradients, buffers: KeyValueBuffers):
-        ctx.grads, ctx.buffers = grads, buffers
+                grads: StepGradients):
+        ctx.grads, ctx.prompt = grads, prompt_keys.shape[2]
         return prompt_keys.new_zeros(())
 
     @staticmethod
@@ -228,7 +218,7 @@ class LayerGate(torch.autograd.Function):
         g: StepGradients = ctx.grads
         needs = ctx.needs_input_grad
         if not g.linear["qkv"][0] or g.task != torch._C._current_graph_task_id():
-            return (None,) * 11
+            return (None,) * 10
 
         def summed(name):
             grad_out, inputs = (torch.cat(t) for t in g.linear[name])
@@ -242,11 +232,11 @@ class LayerGate(torch.autograd.Function):
         d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
         if needs[4]:
             d_qkv_b = grad_qkv.sum(0)
-        d_keys, d_values = ctx.buffers.prompt_gradients()
-        grads = (d_keys if needs[0] else None, d_values if needs[1] else None,
+        T0 = ctx.prompt
+        grads = (g.d_keys[:, :, :T0] if needs[0] else None, g.d_values[:, :, :T0] if needs[1] else None,
                  norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
                  summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
-                 summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None, None)
+                 summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
         g.clear()
         return grads
 
@@ -297,8 +287,7 @@ class FusedLayerStep(torch.autograd.Function):
         w: LayerWeights = ctx.w
         g: StepGradients = ctx.grads
         buffers: KeyValueBuffers = ctx.buffers
-        g.begin_step()
-        d_key_buffer, d_value_buffer = buffers.gradients()
+        d_key_buffer, d_value_buffer = g.begin_step(buffers)
         B, slot, hd = h.shape[0], ctx.slot, w.head_dim
         # MLP
         g.add_linear("down", d_out, inner)
@@ -333,12 +322,12 @@ class FusedLayerStep(torch.autograd.Function):
 
 class ChainEnd(torch.autograd.Function):
     """``link -> (keys, values)`` of a layer's steps [B, kv, n, hd], for the model's forward after
-    the chain: their gradients go into the layer's :class:`KeyValueBuffers` before any step's
+    the chain: their gradients go into the layer's :class:`StepGradients` before any step's
     backward reads them (each step's backward waits for this one, through the links)."""
 
     @staticmethod
-    def forward(ctx, link, buffers: KeyValueBuffers):
-        ctx.buffers = buffers
+    def forward(ctx, link, buffers: KeyValueBuffers, grads: StepGradients):
+        ctx.buffers, ctx.grads = buffers, grads
         T0, n = buffers.prompt, buffers.filled
         return buffers.keys[:, :, T0:n].clone(), buffers.values[:, :, T0:n].clone()
 
@@ -346,11 +335,11 @@ class ChainEnd(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_keys, d_values):
         buffers: KeyValueBuffers = ctx.buffers
-        d_key_buffer, d_value_buffer = buffers.gradients()
+        d_key_buffer, d_value_buffer = ctx.grads.begin_step(buffers)
         T0, n = buffers.prompt, buffers.prompt + d_keys.shape[2]
         d_key_buffer[:, :, T0:n] += d_keys
         d_value_buffer[:, :, T0:n] += d_values
-        return None, None
+        return None, None, None
 
 
 class FusedChainLayers:
@@ -366,8 +355,7 @@ class FusedChainLayers:
         prompt = [(layer.keys, layer.values) for layer in cache.layers]
         self.buffers = [KeyValueBuffers(k, v, steps) for k, v in prompt]
         self.grads = [StepGradients() for _ in layers]
-        self.gates = [LayerGate.apply(k, v, *w.tensors(), g, b)
-                      for (k, v), w, g, b in zip(prompt, weights, self.grads, self.buffers)]
+        self.gates = [LayerGate.apply(k, v, *w.tensors(), g) for (k, v), w, g in zip(prompt, weights, self.grads)]
         self.links = [k.new_empty(0) for k, _ in prompt]
         dtype = prompt[0][0].dtype
         # additive mask on the prompt's (left-padded) positions; the steps are never masked
@@ -390,8 +378,8 @@ class FusedChainLayers:
 
     def end(self):
         """The prefill's cache with the steps' keys/values appended (differentiably), for the model's forward."""
-        for layer, link, buffers in zip(self.cache.layers, self.links, self.buffers):
+        for layer, link, buffers, grads in zip(self.cache.layers, self.links, self.buffers, self.grads):
             if buffers.filled > buffers.prompt:
                 # the cache layer's own update keeps its bookkeeping (e.g. a sliding window's length)
-                layer.update(*ChainEnd.apply(link, buffers))
+                layer.update(*ChainEnd.apply(link, buffers, grads))
         return self.cache
