@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from lori.data.records import ANSWER_SEP, BOT, EOT, Record
-from lori.model.sequences import StudentBatch, encode, pad_left, pad_right, prompt_ids, step_ids
+from lori.model.sequences import StudentBatch, encode, encode_many, pad_left, pad_right, prompts_ids, step_ids
 
 
 def stage_at(step: int, steps_per_stage: int, max_stage: int) -> int:
@@ -29,13 +29,16 @@ def coconut_batch(tokenizer, records: list[Record], stage: int, thoughts_per_ste
     <eos>`` (right-padded) with ``answer_start = 1``, so the loss covers everything after ``<eot>``.
     """
     bot, eot = tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT)
-    prompts, suffixes, thoughts = [], [], 0
-    for r in records:
-        thoughts, skip = layout(stage, len(r.steps), thoughts_per_step, max_stage)
-        prompts.append(prompt_ids(tokenizer, r.question) + [bot])
-        rest = [t for s in step_ids(tokenizer, r.steps[skip:]) for t in s]
-        suffixes.append([eot] + rest + encode(tokenizer, f" {ANSWER_SEP}") + encode(tokenizer, f" {r.answer}")
-                        + [tokenizer.eos_token_id])
+    plans = [layout(stage, len(r.steps), thoughts_per_step, max_stage) for r in records]
+    thoughts = plans[-1][0] if plans else 0          # the stage's, the same for every row
+    prompts = [ids + [bot] for ids in prompts_ids(tokenizer, [r.question for r in records])]
+    # every kept step of every row in one tokenizer call, then regrouped by row
+    kept = [r.steps[skip:] for r, (_, skip) in zip(records, plans)]
+    step_tokens = iter(step_ids(tokenizer, [s for steps in kept for s in steps]))
+    sep = encode(tokenizer, f" {ANSWER_SEP}")
+    answers = encode_many(tokenizer, [f" {r.answer}" for r in records])
+    suffixes = [[eot] + [t for _ in steps for t in next(step_tokens)] + sep + answer + [tokenizer.eos_token_id]
+                for steps, answer in zip(kept, answers)]
     p_ids, p_mask = pad_left(prompts, tokenizer.pad_token_id)
     s_ids, s_mask = pad_right(suffixes, tokenizer.pad_token_id)
     idx = torch.tensor(index if index is not None else list(range(len(records))), dtype=torch.long)
