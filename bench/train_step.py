@@ -12,7 +12,8 @@
 Needs the artifacts of a finished run (teacher, targets, factors), or ``--scratch``: random
 weights from a config (:mod:`scratch`: the quickstart LLaMA or the SmolLM2-135M shape), generated
 problems and random teacher statistics of the right shapes (the cost of a step does not depend
-on their values). The last line prints LoRi / SFT.
+on their values). Steps run as the training loop runs them: float32 on CPU, bf16 autocast on CUDA.
+The last line prints LoRi / SFT.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from lori.data.records import BOT, EOT, read_records
 from lori.distill import DistillConfig
 from lori.model.latent import LatentStudent
 from lori.model.loading import load_checkpoint
+from lori.model.precision import autocast_context
 from lori.model.sequences import teacher_batch, teacher_sequence
 from lori.training.recipes.base import RecipeContext
 from lori.training.recipes.lori import TeacherTargets
@@ -91,7 +93,8 @@ def main() -> None:
         loss_step = RECIPES[cfg.method](cfg.args, ctx).loss_step
 
         def step(idx):
-            loss = loss_step(idx)["loss"]
+            with autocast_context(device):       # as the training loop runs it: bf16 on CUDA
+                loss = loss_step(idx)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,7 +107,8 @@ def main() -> None:
 
         def step(idx):
             batch = {k: v.to(device) for k, v in teacher_batch(tok, [seqs[i] for i in idx]).items()}
-            loss = cot_model(**batch).loss
+            with autocast_context(device):
+                loss = cot_model(**batch).loss
             cot_opt.zero_grad(set_to_none=True)
             loss.backward()
             cot_opt.step()

@@ -147,6 +147,59 @@ def test_training_forward_matches_the_plain_path(arch, feedback, tokenizer, reco
     assert all(torch.equal(again_grads[n], g) for n, g in grads.items())
 
 
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.detach().float() - want.float()).norm() / want.float().norm())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, tokenizer, records, monkeypatch):
+    """On a GPU training runs under bf16 autocast; the fused step then runs its matmuls in bf16
+    (norms, rotary map, scores and softmax in float32, as the model's layers do under autocast).
+    CPU autocast checks it: losses, thought states and every gradient as close to the float32 ones
+    as bf16 allows, and as close as the model's own layers under autocast come."""
+    from lori.model import fused_step
+
+    torch.set_num_threads(1)
+    student = student_for(arch, tokenizer).train()
+    batch = student_batch(tokenizer, records[:6], K)
+    layers = list(range(student.model.config.num_hidden_layers + 1))
+    chains = []
+    init = fused_step.FusedChainLayers.__init__
+    monkeypatch.setattr(fused_step.FusedChainLayers, "__init__",
+                        lambda self, *a, **kw: chains.append(self) or init(self, *a, **kw))
+
+    def bf16(run):
+        def autocast_run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return run()
+        return autocast_run
+
+    def fast():
+        out = student(batch, layers)
+        return out.task_loss, out.thoughts, out.anchor
+
+    def plain():
+        return plain_forward(student, batch, layers)
+
+    exact, exact_grads = loss_and_grads(student, plain)
+    model_bf16, model_grads = loss_and_grads(student, bf16(plain))
+    assert not chains
+    got, grads = loss_and_grads(student, bf16(fast))
+    assert len(chains) == 1 and all(w.dtype == torch.bfloat16 for w in chains[0].weights)   # it ran, in bf16
+    assert all(t.dtype == torch.float32 for t in got) and grads.keys() == exact_grads.keys()
+    for g, m, e in zip(got, model_bf16, exact):
+        assert _relative(g, e) < 2e-2 and _relative(g, m) < 2e-2
+    for name, e in exact_grads.items():
+        assert grads[name].dtype == torch.float32
+        # bf16 keeps 8 bits: the layers' gradients come within ~1%, the feedback projection's
+        # (through every thought) within ~5-8%, the model's own layers under autocast alike
+        bound = 0.12 if name.startswith("projection") else 2e-2
+        assert _relative(grads[name], e) < bound and _relative(model_grads[name], e) < bound, name
+    again, again_grads = loss_and_grads(student, bf16(fast))                # still deterministic
+    assert all(torch.equal(a, g) for a, g in zip(again, got))
+    assert all(torch.equal(again_grads[n], g) for n, g in grads.items())
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("size", [5, 1])                             # batch 1: nothing padded, no mask
 def test_prefill_is_the_model_forward_at_the_last_position(arch, size, tokenizer, records):

@@ -13,8 +13,8 @@ arithmetic (bench/README.md, "The latent chain"). :class:`Chain` runs those step
   runs the last decoder layer on its last position only, with the keys/values of the others:
   nothing reads that layer's output elsewhere. Without autograd (decoding,
   evaluation) the KV cache is preallocated for the whole chain and written in place. With
-  autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32, plain
-  ``Linear`` layers, SiLU MLP, no q/k norms), each layer and step is one hand-written autograd
+  autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32 weights, no
+  autocast or bf16 autocast, plain ``Linear`` layers, SiLU MLP, no q/k norms), each layer and step is one hand-written autograd
   node that reads the prompt's cache instead of copying it (:mod:`lori.model.fused_step`);
   otherwise the layers' cache grows by concatenation, since a tensor saved for the backward
   pass cannot be overwritten.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.model.fused_step import FusedChainLayers, fusable, rotary_tables, rotate
+from lori.model.fused_step import FusedChainLayers, autocast_dtype, fusable, rotary_tables, rotate
 
 #: model types whose base model is LLaMA's: embed_tokens, decoder layers taking rotary tables, final norm
 LLAMA_STYLE = ("llama", "qwen2", "qwen3", "mistral")
@@ -262,7 +262,7 @@ class _LlamaChain(Chain):
         # with autograd, one hand-written node per layer and step where it computes the same function
         self.fused = None
         if (torch.is_grad_enabled() and self.prefix > 0 and cache.get_seq_length() == self.prefix
-                and not torch.is_autocast_enabled(mask.device.type) and fusable(model)):
+                and fusable(model, autocast=autocast_dtype(mask.device.type))):
             self.fused = FusedChainLayers(model, cache, mask, steps)
         # as the model's forward does: no mask when nothing is padded, else a boolean [B, 1, 1, T]
         self.attn_mask = None if bool(mask.all()) else self.full_mask.bool()[:, None, None, :]

@@ -30,13 +30,20 @@ Numerics: the same maths in a different order, so equal to the model's layer wit
 rounding (tests/test_fused_step.py: ``gradcheck`` in float64, and the chain against the plain
 Hugging Face path in tests/test_chain.py); CPU runs stay bitwise deterministic.
 
-Applies to float32 weights without autocast, plain ``nn.Linear`` projections (no LoRA
-wrappers), SiLU MLPs without bias, no per-head q/k norms, no attention dropout; anything else
-keeps the model's own layers (:func:`fusable`). Forward hooks on the decoder layers do not run
+Under bf16 autocast (how training runs on a GPU) the step casts as the model's layer does there:
+matmuls in bf16 (the projections cast once per chain rather than by autocast at every step),
+the residual stream, norms, rotary map, keys, attention scores and softmax in float32, values in
+bf16; the key/value gradients are summed in float32. Equal to the model's layers under autocast
+within bf16 rounding (tests/test_chain.py, on CPU autocast).
+
+Applies to float32 weights, without autocast or under bf16 autocast, plain ``nn.Linear``
+projections (no LoRA wrappers), SiLU MLPs without bias, no per-head q/k norms, no attention
+dropout; anything else (float16 autocast included) keeps the model's own layers (:func:`fusable`). Forward hooks on the decoder layers do not run
 inside a fused chain (transformers' own output-capturing hooks have nothing to capture there).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -73,10 +80,20 @@ def _rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, 
     return rstd * (g - normed * (g * normed).mean(-1, keepdim=True))
 
 
+def _explicit_casts(x: torch.Tensor, w: "LayerWeights"):
+    """Autocast off inside a step of a bf16 chain, whose casts are written out (``LayerWeights.low``):
+    the same dtypes on every device, whatever autocast's per-device op lists say."""
+    if w.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
+
+
 @dataclass
 class LayerWeights:
     """One decoder layer's parameters, the projections concatenated (q|k|v and gate|up): fewer,
-    larger matmuls. Built once per chain; the concatenation is differentiable."""
+    larger matmuls. Built once per chain; the concatenation is differentiable. ``dtype``: the
+    matmuls' under autocast (bf16: the projections are cast once per chain, where autocast would
+    cast them at every step; the norm weights keep theirs), None without autocast."""
     input_norm: torch.Tensor
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
@@ -89,18 +106,26 @@ class LayerWeights:
     kv_heads: int
     head_dim: int
     scaling: float
+    dtype: torch.dtype | None = None
 
     @classmethod
-    def of(cls, layer: nn.Module, config) -> "LayerWeights":
+    def of(cls, layer: nn.Module, config, dtype: torch.dtype | None = None) -> "LayerWeights":
         attn, mlp = layer.self_attn, layer.mlp
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        return cls(layer.input_layernorm.weight,
-                   torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                   torch.cat(biases) if biases[0] is not None else None,
-                   attn.o_proj.weight, layer.post_attention_layernorm.weight,
-                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight,
-                   float(layer.input_layernorm.variance_epsilon), config.num_attention_heads,
-                   config.num_key_value_heads, attn.head_dim, float(attn.scaling))
+        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        qkv_bias = torch.cat(biases) if biases[0] is not None else None
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        out, down = attn.o_proj.weight, mlp.down_proj.weight
+        if dtype is not None:
+            qkv, out, gate_up, down = (t.to(dtype) for t in (qkv, out, gate_up, down))
+            qkv_bias = None if qkv_bias is None else qkv_bias.to(dtype)
+        return cls(layer.input_layernorm.weight, qkv, qkv_bias, out, layer.post_attention_layernorm.weight, gate_up,
+                   down, float(layer.input_layernorm.variance_epsilon), config.num_attention_heads,
+                   config.num_key_value_heads, attn.head_dim, float(attn.scaling), dtype)
+
+    def low(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the matmuls' dtype (itself without autocast: no op on the float32 path)."""
+        return x if self.dtype is None or x.dtype == self.dtype else x.to(self.dtype)
 
     def tensors(self) -> tuple:
         """The weights in :class:`LayerGate`'s order."""
@@ -111,9 +136,17 @@ class LayerWeights:
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
-def fusable(model) -> bool:
-    """Whether :class:`FusedLayerStep` computes exactly what ``model``'s decoder layers compute
-    (``model`` is LLaMA-style: see :func:`lori.model.chain.llama_style`)."""
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on ``device_type`` now, or None when it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def fusable(model, autocast: torch.dtype | None = None) -> bool:
+    """Whether :class:`FusedLayerStep` computes what ``model``'s decoder layers compute (``model`` is
+    LLaMA-style: see :func:`lori.model.chain.llama_style`), under ``autocast`` (None: off; bf16 is
+    supported, float16 is not: its loss scaling and overflow checks are left to the model's layers)."""
+    if autocast not in (None, torch.bfloat16):
+        return False
     cfg = model.config
     if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "mlp_bias", False):
         return False
@@ -185,8 +218,10 @@ class StepGradients:
         if task != self.task:
             self.clear()
             self.task = task
-        if self.d_keys is None:
-            self.d_keys, self.d_values = torch.zeros_like(buffers.keys), torch.zeros_like(buffers.values)
+        if self.d_keys is None:     # at least float32 (the values are bf16 under autocast): summed over every step
+            self.d_keys = torch.zeros_like(buffers.keys, dtype=torch.promote_types(buffers.keys.dtype, torch.float32))
+            self.d_values = torch.zeros_like(buffers.values,
+                                             dtype=torch.promote_types(buffers.values.dtype, torch.float32))
         return self.d_keys, self.d_values
 
     def add_linear(self, name: str, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
@@ -210,6 +245,7 @@ class LayerGate(torch.autograd.Function):
     def forward(ctx, prompt_keys, prompt_values, input_norm, qkv, qkv_bias, out, post_norm, gate_up, down,
                 grads: StepGradients):
         ctx.grads, ctx.prompt = grads, prompt_keys.shape[2]
+        ctx.dtypes = prompt_keys.dtype, prompt_values.dtype
         return prompt_keys.new_zeros(())
 
     @staticmethod
@@ -232,8 +268,9 @@ class LayerGate(torch.autograd.Function):
         d_qkv, grad_qkv = summed("qkv") if needs[3] or needs[4] else (None, None)
         if needs[4]:
             d_qkv_b = grad_qkv.sum(0)
-        T0 = ctx.prompt
-        grads = (g.d_keys[:, :, :T0] if needs[0] else None, g.d_values[:, :, :T0] if needs[1] else None,
+        T0, (key_dtype, value_dtype) = ctx.prompt, ctx.dtypes
+        grads = (g.d_keys[:, :, :T0].to(key_dtype) if needs[0] else None,
+                 g.d_values[:, :, :T0].to(value_dtype) if needs[1] else None,
                  norm("input_norm") if needs[2] else None, d_qkv if needs[3] else None, d_qkv_b,
                  summed("out")[0] if needs[5] else None, norm("post_norm") if needs[6] else None,
                  summed("gate_up")[0] if needs[7] else None, summed("down")[0] if needs[8] else None, None)
@@ -253,11 +290,18 @@ class FusedLayerStep(torch.autograd.Function):
     def forward(ctx, h, gate, link, cos, sin, mask, buffers: KeyValueBuffers, grads: StepGradients, w: LayerWeights):
         """``cos``, ``sin``: this position's tables from :func:`rotary_tables`; ``mask``: additive
         [B, 1, 1, T0 + steps] or None."""
+        with _explicit_casts(h, w):
+            return FusedLayerStep._forward(ctx, h, link, cos, sin, mask, buffers, grads, w)
+
+    @staticmethod
+    def _forward(ctx, h, link, cos, sin, mask, buffers: KeyValueBuffers, grads: StepGradients, w: LayerWeights):
+        # dtypes under bf16 autocast, as the model's layer has them there: the residual stream,
+        # norms, rotary map, keys, scores and softmax in float32; matmul inputs/outputs, values in bf16
         B = h.shape[0]
         kv, hd = w.kv_heads, w.head_dim
         groups = w.heads // kv
         rstd1 = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + w.eps)
-        normed = h * rstd1 * w.input_norm
+        normed = w.low(h * rstd1 * w.input_norm)
         qkv = F.linear(normed, w.qkv, w.qkv_bias)
         qk, v = qkv.split([(w.heads + kv) * hd, kv * hd], dim=-1)
         qk = rotate(qk.view(B, w.heads + kv, hd), cos, sin)      # queries and keys rotated together
@@ -268,10 +312,10 @@ class FusedLayerStep(torch.autograd.Function):
         if mask is not None:
             scores += mask[..., : slot + 1]
         p = torch.softmax(scores, dim=-1)
-        attn = (p @ values).reshape(B, w.heads * hd)
+        attn = (w.low(p) @ values).reshape(B, w.heads * hd)
         mid = h + attn @ w.out.t()
         rstd2 = torch.rsqrt(mid.pow(2).mean(-1, keepdim=True) + w.eps)
-        normed2 = mid * rstd2 * w.post_norm
+        normed2 = w.low(mid * rstd2 * w.post_norm)
         gate_pre, up = (normed2 @ w.gate_up.t()).chunk(2, dim=-1)
         act = F.silu(gate_pre)
         inner = act * up
@@ -283,6 +327,12 @@ class FusedLayerStep(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, _):
+        w: LayerWeights = ctx.w
+        with _explicit_casts(d_out, w):
+            return FusedLayerStep._backward(ctx, d_out)
+
+    @staticmethod
+    def _backward(ctx, d_out):
         h, rstd1, normed, q, p, attn, mid, rstd2, normed2, gate_pre, up, act, inner, cos, sin = ctx.saved_tensors
         w: LayerWeights = ctx.w
         g: StepGradients = ctx.grads
@@ -290,16 +340,18 @@ class FusedLayerStep(torch.autograd.Function):
         d_key_buffer, d_value_buffer = g.begin_step(buffers)
         B, slot, hd = h.shape[0], ctx.slot, w.head_dim
         # MLP
-        g.add_linear("down", d_out, inner)
-        d_inner = d_out @ w.down
+        d_down = w.low(d_out)
+        g.add_linear("down", d_down, inner)
+        d_inner = d_down @ w.down
         d_gate_up = torch.cat([torch.ops.aten.silu_backward(d_inner * up, gate_pre), d_inner * act], dim=-1)
         g.add_linear("gate_up", d_gate_up, normed2)
         d_mid = _rms_norm_backward(d_gate_up @ w.gate_up, mid, rstd2, w.post_norm, g, "post_norm") + d_out
         # attention: this step's share of every filled slot's key/value gradient goes into the buffers
-        g.add_linear("out", d_mid, attn)
-        d_attn = (d_mid @ w.out).view(B, w.kv_heads, -1, hd)
+        d_mid_low = w.low(d_mid)
+        g.add_linear("out", d_mid_low, attn)
+        d_attn = (d_mid_low @ w.out).view(B, w.kv_heads, -1, hd)
         keys, values = buffers.keys[:, :, : slot + 1], buffers.values[:, :, : slot + 1]
-        d_p = d_attn @ values.transpose(-1, -2)
+        d_p = (d_attn @ values.transpose(-1, -2)).to(p.dtype)
         d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype) * w.scaling
         d_q = d_scores @ keys
         # one query per key/value head: the products are outer products, added in place (baddbmm_
@@ -309,12 +361,12 @@ class FusedLayerStep(torch.autograd.Function):
             d_value_buffer[:, :, : slot + 1].addcmul_(p.transpose(-1, -2), d_attn)
         else:
             d_key_buffer[:, :, : slot + 1] += d_scores.transpose(-1, -2) @ q
-            d_value_buffer[:, :, : slot + 1] += p.transpose(-1, -2) @ d_attn
+            d_value_buffer[:, :, : slot + 1] += p.transpose(-1, -2) @ d_attn.to(p.dtype)
         # rotary (orthogonal: its transpose rotates back) and the q|k|v projection; the later steps'
         # backwards have already added their shares to this slot's key/value gradient
         d_qk = torch.cat([d_q.reshape(B, w.heads, hd), d_key_buffer[:, :, slot]], dim=1)
-        d_qkv = torch.cat([_rotate_back(d_qk, cos, sin).reshape(B, -1), d_value_buffer[:, :, slot].reshape(B, -1)],
-                          dim=-1)
+        d_qkv = w.low(torch.cat([_rotate_back(d_qk, cos, sin).reshape(B, -1), d_value_buffer[:, :, slot].reshape(B, -1)],
+                                dim=-1))
         g.add_linear("qkv", d_qkv, normed)
         d_h = _rms_norm_backward(d_qkv @ w.qkv, h, rstd1, w.input_norm, g, "input_norm") + d_mid
         return d_h, None, None, None, None, None, None, None, None
@@ -349,7 +401,7 @@ class FusedChainLayers:
 
     def __init__(self, model, cache, prompt_mask: torch.Tensor, steps: int):
         layers = model.model.layers[: model.config.num_hidden_layers]
-        weights = [LayerWeights.of(layer, model.config) for layer in layers]
+        weights = [LayerWeights.of(layer, model.config, autocast_dtype(prompt_mask.device.type)) for layer in layers]
         self.weights = [w.detached() for w in weights]
         self.cache = cache
         prompt = [(layer.keys, layer.values) for layer in cache.layers]
