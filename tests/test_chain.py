@@ -79,7 +79,7 @@ def plain_forward(student: LatentStudent, batch, layers):
     past, mask, pos, _, thoughts = plain_think(student, batch.prompt_ids, batch.prompt_mask, layers)
     out, _ = forward_cached(student.model, past, input_ids=batch.suffix_ids,
                             attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
-                            position_ids=pos[:, None] + torch.arange(batch.suffix_ids.shape[1]),
+                            position_ids=pos[:, None] + torch.arange(batch.suffix_ids.shape[1], device=pos.device),
                             output_hidden_states=True)
     a = batch.answer_start
     logits = out.logits[:, a - 1 : -1]
@@ -151,17 +151,20 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.detach().float() - want.float()).norm() / want.float().norm())
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, tokenizer, records, monkeypatch):
+def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, device, tokenizer, records, monkeypatch):
     """On a GPU training runs under bf16 autocast; the fused step then runs its matmuls in bf16
     (norms, rotary map, scores and softmax in float32, as the model's layers do under autocast).
-    CPU autocast checks it: losses, thought states and every gradient as close to the float32 ones
-    as bf16 allows, and as close as the model's own layers under autocast come."""
+    Checked on CPU autocast (and on CUDA where there is one): losses, thought states and every
+    gradient as close to the float32 ones as bf16 allows, and as close as the model's own layers
+    under autocast come."""
     from lori.model import fused_step
 
     torch.set_num_threads(1)
-    student = student_for(arch, tokenizer).train()
-    batch = student_batch(tokenizer, records[:6], K)
+    student = student_for(arch, tokenizer).train().to(device)
+    batch = student_batch(tokenizer, records[:6], K).to(device)
     layers = list(range(student.model.config.num_hidden_layers + 1))
     chains = []
     init = fused_step.FusedChainLayers.__init__
@@ -170,7 +173,7 @@ def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, tokenizer,
 
     def bf16(run):
         def autocast_run():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device, dtype=torch.bfloat16):
                 return run()
         return autocast_run
 
@@ -181,6 +184,9 @@ def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, tokenizer,
     def plain():
         return plain_forward(student, batch, layers)
 
+    if device == "cuda":         # the float32 reference in full float32 (no TF32 matmuls)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     exact, exact_grads = loss_and_grads(student, plain)
     model_bf16, model_grads = loss_and_grads(student, bf16(plain))
     assert not chains
@@ -195,9 +201,10 @@ def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, tokenizer,
         # (through every thought) within ~5-8%, the model's own layers under autocast alike
         bound = 0.12 if name.startswith("projection") else 2e-2
         assert _relative(grads[name], e) < bound and _relative(model_grads[name], e) < bound, name
-    again, again_grads = loss_and_grads(student, bf16(fast))                # still deterministic
-    assert all(torch.equal(a, g) for a, g in zip(again, got))
-    assert all(torch.equal(again_grads[n], g) for n, g in grads.items())
+    if device == "cpu":          # still bitwise deterministic (CUDA's embedding backward uses atomics)
+        again, again_grads = loss_and_grads(student, bf16(fast))
+        assert all(torch.equal(a, g) for a, g in zip(again, got))
+        assert all(torch.equal(again_grads[n], g) for n, g in grads.items())
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -13,9 +13,10 @@ arithmetic (bench/README.md, "The latent chain"). :class:`Chain` runs those step
   runs the last decoder layer on its last position only, with the keys/values of the others:
   nothing reads that layer's output elsewhere. Without autograd (decoding,
   evaluation) the KV cache is preallocated for the whole chain and written in place. With
-  autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32 weights, no
-  autocast or bf16 autocast, plain ``Linear`` layers, SiLU MLP, no q/k norms), each layer and step is one hand-written autograd
-  node that reads the prompt's cache instead of copying it (:mod:`lori.model.fused_step`);
+  autograd (training), where :func:`lori.model.fused_step.fusable` holds (float32 weights,
+  no autocast or bf16 autocast, plain ``Linear`` layers, SiLU MLP, no q/k norms), each layer
+  and step is one hand-written autograd node that reads the prompt's cache instead of copying
+  it (:mod:`lori.model.fused_step`);
   otherwise the layers' cache grows by concatenation, since a tensor saved for the backward
   pass cannot be overwritten.
 - any other model (GPT-2, ...): the model's own forward per step, with the attention mask and
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.model.fused_step import FusedChainLayers, autocast_dtype, fusable, rotary_tables, rotate
+from lori.model.fused_step import FusedChainLayers, autocast_dtype, decoder_layers, fusable, rotary_tables, rotate
 
 #: model types whose base model is LLaMA's: embed_tokens, decoder layers taking rotary tables, final norm
 LLAMA_STYLE = ("llama", "qwen2", "qwen3", "mistral")
@@ -100,7 +101,7 @@ def _prefill_layers(model, ids: torch.Tensor, mask: torch.Tensor):
     from transformers.masking_utils import create_causal_mask
 
     base = model.model
-    layers = base.layers[: model.config.num_hidden_layers]
+    layers = decoder_layers(model)
     keyword = _cache_keyword(type(layers[0]))
     cache = DynamicCache(config=model.config)
     h = base.embed_tokens(ids)
@@ -252,7 +253,7 @@ class _LlamaChain(Chain):
         from transformers import DynamicCache
 
         base = model.model
-        self.layers = base.layers[: model.config.num_hidden_layers]
+        self.layers = decoder_layers(model)
         self.keyword = _cache_keyword(type(self.layers[0]))
         if cache is None:
             cache = DynamicCache(config=model.config)

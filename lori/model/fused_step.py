@@ -38,8 +38,9 @@ within bf16 rounding (tests/test_chain.py, on CPU autocast).
 
 Applies to float32 weights, without autocast or under bf16 autocast, plain ``nn.Linear``
 projections (no LoRA wrappers), SiLU MLPs without bias, no per-head q/k norms, no attention
-dropout; anything else (float16 autocast included) keeps the model's own layers (:func:`fusable`). Forward hooks on the decoder layers do not run
-inside a fused chain (transformers' own output-capturing hooks have nothing to capture there).
+dropout; anything else (float16 autocast included) keeps the model's own layers
+(:func:`fusable`). Forward hooks on the decoder layers do not run inside a fused chain
+(transformers' own output-capturing hooks have nothing to capture there).
 """
 from __future__ import annotations
 
@@ -136,6 +137,12 @@ class LayerWeights:
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
+def decoder_layers(model) -> list[nn.Module]:
+    """A LLaMA-style causal LM's decoder layers, as its forward runs them (the first
+    ``num_hidden_layers``, as transformers slices them)."""
+    return list(model.model.layers[: model.config.num_hidden_layers])
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast runs matmuls in on ``device_type`` now, or None when it is off."""
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
@@ -157,7 +164,7 @@ def fusable(model, autocast: torch.dtype | None = None) -> bool:
         else "is_gradient_checkpointing"
     if getattr(model, checkpointing, False):
         return False
-    for layer in model.model.layers[: cfg.num_hidden_layers]:
+    for layer in decoder_layers(model):
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if attn is None or mlp is None or hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
             return False
@@ -365,8 +372,8 @@ class FusedLayerStep(torch.autograd.Function):
         # rotary (orthogonal: its transpose rotates back) and the q|k|v projection; the later steps'
         # backwards have already added their shares to this slot's key/value gradient
         d_qk = torch.cat([d_q.reshape(B, w.heads, hd), d_key_buffer[:, :, slot]], dim=1)
-        d_qkv = w.low(torch.cat([_rotate_back(d_qk, cos, sin).reshape(B, -1), d_value_buffer[:, :, slot].reshape(B, -1)],
-                                dim=-1))
+        d_qkv = w.low(torch.cat([_rotate_back(d_qk, cos, sin).reshape(B, -1),
+                                 d_value_buffer[:, :, slot].reshape(B, -1)], dim=-1))
         g.add_linear("qkv", d_qkv, normed)
         d_h = _rms_norm_backward(d_qkv @ w.qkv, h, rstd1, w.input_norm, g, "input_norm") + d_mid
         return d_h, None, None, None, None, None, None, None, None
@@ -400,7 +407,7 @@ class FusedChainLayers:
     link from its last step."""
 
     def __init__(self, model, cache, prompt_mask: torch.Tensor, steps: int):
-        layers = model.model.layers[: model.config.num_hidden_layers]
+        layers = decoder_layers(model)
         weights = [LayerWeights.of(layer, model.config, autocast_dtype(prompt_mask.device.type)) for layer in layers]
         self.weights = [w.detached() for w in weights]
         self.cache = cache
