@@ -3,6 +3,8 @@
 - ``no_cot SFT``: the student answering directly (K = 0), answer cross-entropy only;
 - ``CoT SFT``: the teacher's explicit-CoT step (full question + CoT + answer sequence);
 - ``LoRi``: K latent thoughts + L_reason (precomputed teacher statistics) + L_anchor;
+- ``LoRi, layers``: the same step with the thoughts through the model's own decoder layers
+  instead of the fused step (:mod:`lori.model.fused_step`): what the fused step saves;
 - ``CODI``: the CODI recipe (:mod:`lori.training.recipes.codi`): a teacher pass on the CoT *in the loop*
   (same model), K latent thoughts, distillation of the pre-answer state.
 
@@ -17,6 +19,7 @@ The last line prints LoRi / SFT.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -29,6 +32,7 @@ from lori.artifacts.targets import read_targets
 from lori.data.records import BOT, EOT, read_records
 from lori.distill import DistillConfig
 from lori.model.latent import LatentStudent
+from lori.model import chain
 from lori.model.loading import load_checkpoint
 from lori.model.precision import autocast_context
 from lori.model.sequences import teacher_batch, teacher_sequence
@@ -37,9 +41,21 @@ from lori.training.recipes.lori import TeacherTargets
 from lori.training.recipes.registry import RECIPES
 
 
-#: --methods name -> (label, distill method); cot_sft is the teacher's own SFT step
+#: --methods name -> (label, distill method); cot_sft is the teacher's own SFT step; lori_layers is
+#: LoRi with its thoughts through the model's own decoder layers (the fused step switched off)
 METHODS = {"no_cot": ("no_cot SFT", "no_cot"), "cot_sft": ("CoT SFT", "cot_sft"), "lori": ("LoRi", "lori"),
-           "codi": ("CODI", "codi")}
+           "lori_layers": ("LoRi, layers", "lori"), "codi": ("CODI", "codi")}
+
+
+@contextlib.contextmanager
+def unfused():
+    """The latent chain through the model's own decoder layers: the baseline of the fused step."""
+    fusable = chain.fusable
+    chain.fusable = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        chain.fusable = fusable
 
 
 def timed(steps: dict, batches, device, warmup: int = 3) -> dict[str, float]:
@@ -83,7 +99,7 @@ def main() -> None:
     rng = random.Random(0)
     batches = [rng.sample(range(len(records)), args.batch_size) for _ in range(args.steps + 3)]
 
-    def recipe(cfg: DistillConfig):
+    def recipe(cfg: DistillConfig, fused: bool = True):
         student = LatentStudent(make_model(), cfg.args.latent_steps, tok.convert_tokens_to_ids(BOT),
                                 tok.convert_tokens_to_ids(EOT), feedback=cfg.args.feedback)
         student.to(device).train()
@@ -93,7 +109,8 @@ def main() -> None:
         loss_step = RECIPES[cfg.method](cfg.args, ctx).loss_step
 
         def step(idx):
-            with autocast_context(device):       # as the training loop runs it: bf16 on CUDA
+            # as the training loop runs it: bf16 autocast on CUDA
+            with autocast_context(device), (contextlib.nullcontext() if fused else unfused()):
                 loss = loss_step(idx)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -121,7 +138,7 @@ def main() -> None:
             steps[label] = cot_sft()
         else:
             extra = {} if method == "no_cot" else {"latent_steps": args.latent_steps}
-            steps[label] = recipe(DistillConfig(method=method, device=device.type, **extra))
+            steps[label] = recipe(DistillConfig(method=method, device=device.type, **extra), fused=name != "lori_layers")
     if "no_cot SFT" not in steps:
         raise SystemExit("error: --methods must include no_cot (the baseline)")
     shape = f"{args.scratch} shape from config" if args.scratch else args.run
