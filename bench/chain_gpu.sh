@@ -31,5 +31,5 @@ if [ "$DEVICE" = cuda ]; then
   step $PY bench/mfu.py --batch-size 64 --steps 10
   step $PY bench/mfu.py --batch-size 64 --steps 10 --compile
 fi
-grep -h "RESULT\|^#\|ms/\|MFU\|FAILED\|passed\|failed" "$log" > "$OUT/chain_gpu_results.txt"
+grep -h "RESULT\|^#\|ms/\|[0-9]x$\|MFU\|FAILED\|passed\|failed" "$log" > "$OUT/chain_gpu_results.txt"
 echo "total wall: $(( $(date +%s) - start )) s" | tee -a "$log"
