@@ -187,6 +187,8 @@ def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, device, to
     if device == "cuda":         # the float32 reference in full float32 (no TF32 matmuls)
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert fused_step.fusable(student.model, autocast=torch.bfloat16)
+    assert not fused_step.fusable(student.model, autocast=torch.float16)   # float16 keeps the model's layers
     exact, exact_grads = loss_and_grads(student, plain)
     model_bf16, model_grads = loss_and_grads(student, bf16(plain))
     assert not chains
