@@ -261,8 +261,9 @@ class _LlamaChain(Chain):
             cache.layers = [_preallocate(layer, self.prefix + steps + reserve) for layer in cache.layers]
         self._cache = cache
         # with autograd, one hand-written node per layer and step where it computes the same function
+        # (none for a chain of no steps, No-CoT's: building its buffers would be wasted)
         self.fused = None
-        if (torch.is_grad_enabled() and self.prefix > 0 and cache.get_seq_length() == self.prefix
+        if (torch.is_grad_enabled() and steps > 0 and self.prefix > 0 and cache.get_seq_length() == self.prefix
                 and fusable(model, autocast=autocast_dtype(mask.device.type))):
             self.fused = FusedChainLayers(model, cache, mask, steps)
         # as the model's forward does: no mask when nothing is padded, else a boolean [B, 1, 1, T]
