@@ -53,8 +53,8 @@ def tiny_model(arch: str, tokenizer, **overrides):
     return AutoModelForCausalLM.from_config(config(**common))
 
 
-def student_for(arch: str, tokenizer, feedback: str = "projection") -> LatentStudent:
-    model = tiny_model(arch, tokenizer)
+def student_for(arch: str, tokenizer, feedback: str = "projection", **overrides) -> LatentStudent:
+    model = tiny_model(arch, tokenizer, **overrides)
     torch.manual_seed(1)
     return LatentStudent(model, K, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
                          feedback=feedback)
@@ -153,8 +153,9 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, device, tokenizer, records, monkeypatch):
+@pytest.mark.parametrize("arch, kv_heads", [("llama", 2), ("llama", 4), ("qwen2", 2), ("mistral", 2)])
+def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, kv_heads, device, tokenizer, records,
+                                                                 monkeypatch):
     """On a GPU training runs under bf16 autocast; the fused step then runs its matmuls in bf16
     (norms, rotary map, scores and softmax in float32, as the model's layers do under autocast).
     Checked on CPU autocast (and on CUDA where there is one): losses, thought states and every
@@ -163,7 +164,8 @@ def test_training_under_bf16_autocast_is_the_fused_step_in_bf16(arch, device, to
     from lori.model import fused_step
 
     torch.set_num_threads(1)
-    student = student_for(arch, tokenizer).train().to(device)
+    # 4 query heads on 2 key/value heads, or one query per key/value head (the outer-product path)
+    student = student_for(arch, tokenizer, num_key_value_heads=kv_heads).train().to(device)
     batch = student_batch(tokenizer, records[:6], K).to(device)
     layers = list(range(student.model.config.num_hidden_layers + 1))
     chains = []

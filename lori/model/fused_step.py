@@ -151,7 +151,7 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 def fusable(model, autocast: torch.dtype | None = None) -> bool:
     """Whether :class:`FusedLayerStep` computes what ``model``'s decoder layers compute (``model`` is
     LLaMA-style: see :func:`lori.model.chain.llama_style`), under ``autocast`` (None: off; bf16 is
-    supported, float16 is not: its loss scaling and overflow checks are left to the model's layers)."""
+    supported; float16, untested here, keeps the model's layers)."""
     if autocast not in (None, torch.bfloat16):
         return False
     cfg = model.config
