@@ -20,24 +20,11 @@ from lori.model.latent import LatentStudent
 from lori.model.loading import num_params, ensure_special_tokens, load_checkpoint, load_pretrained, package_gguf
 from lori.model.sequences import student_batch
 from lori.teacher_sft import TeacherSFTConfig, run as teacher_sft_run
+from tests.tiny import byte_bpe
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 RECORDS = [Record(f"train-{i}", f"Tom has {a} apples and buys {b} more. How many now?", [f"<<{a}+{b}={a + b}>>"],
                   str(a + b), "test") for i, (a, b) in enumerate([(3, 4), (10, 5), (7, 8), (20, 22), (1, 1), (9, 9)])]
-
-
-def byte_bpe(texts: list[str], eos: str, bos: str | None):
-    """A small byte-level BPE tokenizer (GPT-2 / Qwen / LLaMA-3 style) without <bot>/<eot>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = [eos] + ([bos] if bos and bos != eos else [])
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, **({"bos_token": bos} if bos else {}))
 
 
 def tiny_config(arch: str, tokenizer):

@@ -18,7 +18,7 @@ from lori.model.sequences import (
     step_ids,
     student_batch,
 )
-from tests.test_models import byte_bpe
+from tests.tiny import byte_bpe
 
 RECORDS = [Record(f"r{i}", q, steps, a) for i, (q, steps, a) in enumerate([
     ("Tom has 3 pens . how many now ?", ["<<3+1=4>>"], "4"),

@@ -1,5 +1,6 @@
-"""The tests' tiny from-scratch model (a ~40K-parameter LLaMA), CPU runtime flags, and the tiny
-teacher run that ``tests/conftest.py`` builds once per session (:func:`train_tiny_teacher`)."""
+"""The tests' tiny from-scratch model (a ~40K-parameter LLaMA), CPU runtime flags, a tiny
+byte-level BPE tokenizer (:func:`byte_bpe`), and the tiny teacher run that ``tests/conftest.py``
+builds once per session (:func:`train_tiny_teacher`)."""
 from __future__ import annotations
 
 import hashlib
@@ -42,3 +43,17 @@ def digest_tree(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (to notice a test writing into a shared fixture)."""
     return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def byte_bpe(texts: list[str], eos: str, bos: str | None):
+    """A small byte-level BPE tokenizer (GPT-2 / Qwen / LLaMA-3 style) without <bot>/<eot>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [eos] + ([bos] if bos and bos != eos else [])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, **({"bos_token": bos} if bos else {}))
