@@ -30,8 +30,9 @@ from lori.sweep import check_sweep, parse_lowrank_tag, student_config, student_r
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 #: config.runtime keys each training stage takes (its config dataclass has these fields; a test checks)
-RUNTIME_KNOBS = {"teacher_sft": ("compile", "gradient_checkpointing", "parallel", "grad_accum", "tensorboard"),
-                 "distill": ("compile", "parallel", "grad_accum", "tensorboard")}
+RUNTIME_KNOBS = {"teacher_sft": ("compile", "gradient_checkpointing", "parallel", "grad_accum", "tensorboard",
+                                 "precision"),
+                 "distill": ("compile", "parallel", "grad_accum", "tensorboard", "precision")}
 
 
 class ConfigError(ValueError):

@@ -42,7 +42,7 @@ from lori.config import value_text
 from lori.data.records import BOT, EOT, check_training_records, read_records
 from lori.lowrank.maths import Factors
 from lori.sweep import matched_steps
-from lori.training.options import OptimConfig
+from lori.training.options import OptimConfig, check_runtime
 from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
 
 # torch, transformers and the model/training modules are imported in the functions that use them:
@@ -85,6 +85,7 @@ def _knob_defaults(name: str) -> str:
 
 
 def _post_init(self) -> None:
+    check_runtime(self)
     if self.init not in ("teacher", "base"):
         raise ValueError(f"init must be teacher | base, got {self.init!r}")
     self.args = recipe_args({k: getattr(self, k) for k in ("method", *ALL_KNOBS)}, self.steps)

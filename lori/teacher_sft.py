@@ -28,7 +28,7 @@ from typing import Sequence
 
 from lori.cli import stage_main, stage_summary
 from lori.data.records import DataError, check_training_records, read_records
-from lori.training.options import OptimConfig
+from lori.training.options import OptimConfig, check_runtime
 
 # torch, transformers and the model/training modules are imported in the functions that use them:
 # `--help` (built from TeacherSFTConfig) must not wait for torch
@@ -51,6 +51,7 @@ class TeacherSFTConfig(OptimConfig):
     lr: float = 2e-3
 
     def __post_init__(self):
+        check_runtime(self)
         if self.tokenizer == "word" and self.name_or_path:
             raise ValueError("tokenizer 'word' is for from-scratch models; use 'pretrained' with name_or_path")
         if self.tokenizer not in ("word", "pretrained"):

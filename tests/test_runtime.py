@@ -66,7 +66,8 @@ def test_workflow_passes_only_knobs_set_away_from_defaults(tmp_path):
     res = snakemake(tmp_path, "-n", "-p", configfile=MICRO)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--compile" not in res.stdout and "--parallel" not in res.stdout     # defaults keep old outputs cached
-    cfg["runtime"] = {"compile": True, "gradient_checkpointing": True, "parallel": "fsdp"}
+    assert "--precision" not in res.stdout
+    cfg["runtime"] = {"compile": True, "gradient_checkpointing": True, "parallel": "fsdp", "precision": "bf16"}
     path = tmp_path / "rt.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, "-n", "-p", configfile=path)
@@ -75,7 +76,8 @@ def test_workflow_passes_only_knobs_set_away_from_defaults(tmp_path):
     teacher = next(l for l in lines if "lori.teacher_sft" in l)
     distill = [l for l in lines if "lori.distill" in l]
     assert "--compile true" in teacher and "--gradient-checkpointing true" in teacher and "--parallel fsdp" in teacher
-    assert distill and all("--compile true" in l and "--parallel fsdp" in l for l in distill)
+    assert "--precision bf16" in teacher
+    assert distill and all("--compile true" in l and "--parallel fsdp" in l and "--precision bf16" in l for l in distill)
     assert not any("--gradient-checkpointing" in l for l in distill)
 
 
@@ -121,6 +123,36 @@ def test_teacher_sft_with_gradient_checkpointing_equals_without(data):
     assert plain.keys() == ckpt.keys()
     for name in plain:      # the recompute repeats the same fp32 ops on CPU
         torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")       # the CUDA autocast object is only inspected
+def test_precision_picks_the_autocast():
+    from lori.model.precision import autocast_context
+    from lori.training.options import PRECISIONS
+
+    assert load_schema()["properties"]["runtime"]["properties"]["precision"]["enum"] == list(PRECISIONS)
+    for device, precision, want in (("cpu", "auto", None), ("cpu", "fp32", None), ("cpu", "bf16", torch.bfloat16)):
+        with autocast_context(device, precision):
+            got = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        assert got == want, (device, precision)
+    on_gpu = autocast_context("cuda", "auto")             # not entered: no GPU needed to check the choice
+    assert isinstance(on_gpu, torch.autocast) and on_gpu.device == "cuda" and on_gpu.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast_context("cuda", "fp32"), torch.autocast)
+    with pytest.raises(ValueError, match="auto | fp32 | bf16"):
+        autocast_context("cpu", "fp16")
+    with pytest.raises(ValueError, match="precision must be auto | fp32 | bf16"):
+        TeacherSFTConfig(precision="half")
+
+
+def test_teacher_sft_in_bf16_on_cpu(data):
+    """``precision: bf16`` trains under bf16 autocast on a CPU too: the same steps, other rounding."""
+    d, _, _ = data
+    plain = _teacher(d, "fp32")
+    bf16 = _teacher(d, "bf16", "--precision", "bf16")
+    assert json.loads((d / "bf16" / "train_config.json").read_text())["precision"] == "bf16"
+    assert any(not torch.equal(bf16[name], plain[name]) for name in plain)      # autocast did run
+    for name in plain:      # two small steps: bf16 rounding of the updates only
+        torch.testing.assert_close(bf16[name], plain[name], rtol=0, atol=2e-2, msg=name)
 
 
 @pytest.mark.slow   # inductor compiles the tiny model for ~1-2 minutes on 2 CPU cores

@@ -4,6 +4,10 @@ Weights and optimizer state stay fp32 (master weights); autocast runs matmuls an
 in bf16 on the GPU for training steps and teacher-forced passes (dump_hidden, targets).
 Greedy decoding does not use it (autocast re-casts the weights at every token). On CPU
 everything is fp32, so CPU runs are bitwise reproducible.
+
+The training stages take ``runtime.precision`` (:data:`lori.training.options.PRECISIONS`): ``auto`` is the above,
+``fp32`` keeps float32 on a GPU too (e.g. to rule precision out when debugging), ``bf16`` runs
+bf16 autocast on a CPU too (CPUs with AMX; a CPU run is then no longer float32's to the bit).
 """
 from __future__ import annotations
 
@@ -12,10 +16,13 @@ import contextlib
 import torch
 
 
-def autocast_context(device: torch.device | str):
+def autocast_context(device: torch.device | str, precision: str = "auto"):
+    """The autocast a training step or teacher-forced pass runs under on ``device``."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto | fp32 | bf16, got {precision!r}")
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -353,7 +353,7 @@ def fit(module: torch.nn.Module, loss_step: Callable[[list[int]], dict[str, torc
         opt.zero_grad(set_to_none=True)
         parts = []
         for micro in micro_batches(rank_slice(idx, info), cfg.grad_accum):
-            with autocast_context(device):
+            with autocast_context(device, cfg.precision):
                 terms = loss_step(micro)
             loss = terms["loss"]
             if not all_finite(loss, info):

@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: runtime.precision of the training stages (lori.model.precision.autocast_context)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_runtime(cfg: "OptimConfig") -> None:
+    """``precision``, which the stage's CLI cannot type-check: a clear error before anything loads."""
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be {' | '.join(PRECISIONS)}, got {cfg.precision!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -29,5 +38,6 @@ class OptimConfig:
     parallel: str = "ddp"                # ddp (replica per rank) | fsdp (weights/grads/Adam state sharded; >= ~1B params)
     grad_accum: int = 1                  # micro-batches per optimizer step: batch_size stays the step's batch, memory drops
     tensorboard: bool = False            # also write TensorBoard events (lori.training.tensorboard_log; the stage picks the dir)
+    precision: str = "auto"              # auto (bf16 autocast on CUDA, float32 on CPU) | fp32 | bf16 (autocast on any device)
     # PEFT LoRA (config section `lora:`): {rank, alpha, dropout, target_modules}; None = full fine-tuning
     lora: dict | None = None
