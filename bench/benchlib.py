@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 from pathlib import Path
 
 import torch
 
+from lori.model import chain
 from lori.model.loading import resolve_device
 
 
@@ -39,3 +41,15 @@ def sync(device: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timings are honest."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def unfused():
+    """The latent chain through the model's own decoder layers (the fused step of
+    :mod:`lori.model.fused_step` switched off): the baseline of the fused step."""
+    fusable = chain.fusable
+    chain.fusable = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        chain.fusable = fusable

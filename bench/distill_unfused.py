@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 
+from benchlib import unfused
+
 from lori import distill
-from lori.model import chain
 
 
 def main() -> None:
-    chain.fusable = lambda *args, **kwargs: False
-    distill.main(sys.argv[1:])
+    with unfused():
+        distill.main(sys.argv[1:])
 
 
 if __name__ == "__main__":

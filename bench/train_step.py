@@ -24,7 +24,7 @@ import random
 import time
 
 import torch
-from benchlib import device_name, run_parser, setup, sync
+from benchlib import device_name, run_parser, setup, sync, unfused
 from scratch import SHAPES, scratch_problem
 
 from lori.artifacts.factors import load_factors
@@ -32,7 +32,6 @@ from lori.artifacts.targets import read_targets
 from lori.data.records import BOT, EOT, read_records
 from lori.distill import DistillConfig
 from lori.model.latent import LatentStudent
-from lori.model import chain
 from lori.model.loading import load_checkpoint
 from lori.model.precision import autocast_context
 from lori.model.sequences import teacher_batch, teacher_sequence
@@ -45,17 +44,6 @@ from lori.training.recipes.registry import RECIPES
 #: LoRi with its thoughts through the model's own decoder layers (the fused step switched off)
 METHODS = {"no_cot": ("no_cot SFT", "no_cot"), "cot_sft": ("CoT SFT", "cot_sft"), "lori": ("LoRi", "lori"),
            "lori_layers": ("LoRi, layers", "lori"), "codi": ("CODI", "codi")}
-
-
-@contextlib.contextmanager
-def unfused():
-    """The latent chain through the model's own decoder layers: the baseline of the fused step."""
-    fusable = chain.fusable
-    chain.fusable = lambda *args, **kwargs: False
-    try:
-        yield
-    finally:
-        chain.fusable = fusable
 
 
 def timed(steps: dict, batches, device, warmup: int = 3) -> dict[str, float]:
