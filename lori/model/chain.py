@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lori.model.fused_step import FusedChainLayers, autocast_dtype, decoder_layers, fusable, rotary_tables, rotate
+from lori.model.fused_step import FusedChainLayers, decoder_layers, fusable, rotary_tables, rotate
+from lori.model.precision import autocast_dtype
 
 #: model types whose base model is LLaMA's: embed_tokens, decoder layers taking rotary tables, final norm
 LLAMA_STYLE = ("llama", "qwen2", "qwen3", "mistral")

@@ -53,6 +53,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from lori.model.precision import autocast_dtype
+
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables ([B, hd] for one position, [B, T, hd] for a block) as :func:`rotate` applies
@@ -143,11 +145,6 @@ def decoder_layers(model) -> list[nn.Module]:
     return list(model.model.layers[: model.config.num_hidden_layers])
 
 
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast runs matmuls in on ``device_type`` now, or None when it is off."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-
-
 def fusable(model, autocast: torch.dtype | None = None) -> bool:
     """Whether :class:`FusedLayerStep` computes what ``model``'s decoder layers compute (``model`` is
     LLaMA-style: see :func:`lori.model.chain.llama_style`), under ``autocast`` (None: off; bf16 is
@@ -199,6 +196,7 @@ class KeyValueBuffers:
         self.keys[:, :, slot : slot + 1], self.values[:, :, slot : slot + 1] = key, value
         self.filled += 1
         return slot
+
 
 class StepGradients:
     """One layer's gradients of the running backward pass: the keys'/values' gradients for every
