@@ -9,17 +9,12 @@
 #   DEVICE=cpu STEPS=1 SMOL_BATCH=2 N=32 bash bench/chain_gpu.sh      # smoke test on a CPU
 set -uo pipefail
 OUT=${OUT:-chain_gpu_out}
-mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-20}
 SMOL_BATCH=${SMOL_BATCH:-64}
 N=${N:-256}
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-log="$OUT/chain_gpu_log.txt"
-step() { echo "=== $* ($(date +%T))" | tee -a "$log"; "$@" >>"$log" 2>&1 || echo "FAILED: $*" | tee -a "$log"; }
-
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"; } | tee -a "$log"
+. "$(dirname "$0")/gpu_lib.sh" chain_gpu_log.txt
 start=$(date +%s)
 step $PY -m pytest -q -p no:cacheprovider tests/test_chain.py tests/test_fused_step.py
 bt="--device $DEVICE --threads 8 --methods no_cot lori lori_layers"

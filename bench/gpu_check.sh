@@ -5,18 +5,13 @@
 #   TEACHER_STEPS=5 STUDENT_STEPS=3 N_TRAIN=64 DEVICE=cpu bash bench/gpu_check.sh   # smoke test on a CPU
 set -uo pipefail
 OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
 TEACHER_STEPS=${TEACHER_STEPS:-700}
 STUDENT_STEPS=${STUDENT_STEPS:-1000}
 N_TRAIN=${N_TRAIN:-4000}
 R=${RUN_DIR:-results/gpu}
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-log="$OUT/gpu_log.txt"
-step() { echo "=== $* ($(date +%T))" | tee -a "$log"; "$@" >>"$log" 2>&1 || echo "FAILED: $*" | tee -a "$log"; }
-
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"; } | tee -a "$log"
+. "$(dirname "$0")/gpu_lib.sh" gpu_log.txt
 rt="--device $DEVICE --threads 8 --seed 0"
 start=$(date +%s)
 step $PY -m lori.prepare_data --split train --kind quickstart --n "$N_TRAIN" --out $R/data/train.jsonl
