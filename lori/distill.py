@@ -1,4 +1,4 @@
-r"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``) with the shared loop.
+r"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``, ``pause``) with the shared loop.
 
 Each method is a recipe (:mod:`lori.training.recipes`): its typed knobs
 (:mod:`lori.training.recipes.args`, with the papers' defaults) and its loss step, one module per
@@ -7,7 +7,7 @@ method; this stage loads the inputs, builds the student and runs the shared loop
 
 Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, when LoRi's
 alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
-``students/<method>/`` (safetensors, HF layout, ``projection.safetensors``, ``latent.json``,
+``students/<method>/`` (safetensors, HF layout, ``projection.safetensors`` | ``pause.safetensors``, ``latent.json``,
 ``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
 checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`). With ``--val`` and
 ``--eval-every N`` the student is evaluated on the validation records every N steps, decoded as
@@ -50,13 +50,14 @@ from lori.training.recipes.args import ALL_KNOBS, ARGS, UNSET, recipe_args
 if TYPE_CHECKING:
     from lori.model.latent import LatentStudent
     from lori.training.recipes.lori import TeacherTargets
+    from lori.training.step_info import StepTargets
 
 log = logging.getLogger("lori.distill")
 
 
 @dataclass
 class _DistillBase(OptimConfig):
-    method: str = "lori"                 # lori | no_cot | codi | coconut | icot_si (lori.training.recipes)
+    method: str = "lori"                 # lori | no_cot | codi | coconut | sim_cot | icot_si | pause (lori.training.recipes)
     init: Literal["teacher", "base"] = "teacher"   # start from the CoT teacher or re-initialise its architecture
     length_curriculum: int = 0           # optimizer steps per chain-length stage: shortest CoTs first (0 = off)
     seed: int = 0
@@ -127,21 +128,43 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
 
 
 def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factors_path: str | None, records,
-                            student: LatentStudent, tokenizer, teacher: str, device) -> tuple[TeacherTargets, Factors]:
-    """(targets, factors) on ``device`` for a student that reads them, checked against each other."""
-    from lori.training.recipes.lori import TeacherTargets, record_step_lengths, record_step_points
+                            student: LatentStudent, tokenizer, teacher: str,
+                            device) -> tuple[TeacherTargets | None, Factors, StepTargets | None]:
+    """(targets, factors, steps) on ``device`` for a student that reads them, checked against each
+    other: LoRi's trajectory statistics and anchors (when alpha or gamma > 0), the factors, and the
+    step anchors' targets (when step_anchor > 0; in full space from one pass of the teacher)."""
+    from lori.model.loading import load_checkpoint
+    from lori.training.recipes.lori import TeacherTargets
+    from lori.training.step_info import (
+        core_step_targets,
+        full_step_targets,
+        record_step_lengths,
+        record_step_points,
+    )
 
     if not (targets_path and factors_path):
-        raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}) needs --targets and --factors")
+        raise ArtifactError(f"method '{cfg.method}' (alpha={cfg.alpha}, gamma={cfg.gamma}, step_anchor="
+                            f"{cfg.step_anchor}) needs --targets and --factors")
     factors, factors_attrs = load_factors(factors_path)
     check_factors_fit(factors, factors_path, student.model.config, teacher)
     targets = read_targets(targets_path, [r.id for r in records])
     check_targets_match_factors(targets, targets_path, factors, factors_attrs, factors_path)
     args = cfg.args
-    step_lengths = record_step_lengths(tokenizer, records) if args.step_anchor > 0 else None
-    points = record_step_points(tokenizer, records) if args.step_anchor > 0 and args.step_summary == "result" else None
-    return (TeacherTargets(targets, args.covariance, step_lengths, args.latent_steps, args.step_summary,
-                           points).to(device), factors.to(device))
+    stats = TeacherTargets(targets, args.covariance).to(device) if getattr(args, "alpha", 0) > 0 or \
+        getattr(args, "gamma", 0) > 0 else None
+    steps = None
+    if args.step_anchor > 0:
+        lengths = record_step_lengths(tokenizer, records)
+        points = record_step_points(tokenizer, records) if args.step_summary == "result" else None
+        if args.step_anchor_space == "core":
+            steps = core_step_targets(targets.core, targets.offsets, lengths, args.step_summary, points)
+        else:   # the teacher's own states, not the student's (which may start elsewhere: init base)
+            model, _ = load_checkpoint(teacher)
+            steps = full_step_targets(model, tokenizer, records, factors, lengths, args.step_summary, points,
+                                      cfg.batch_size, device)
+            del model
+        steps = steps.to(device)
+    return stats, factors.to(device), steps
 
 
 def tensorboard_dir(out: str) -> Path:
@@ -195,21 +218,21 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     device = setup_runtime(cfg.seed, cfg.threads, cfg.device)
     info, device = init_distributed(device)      # torchrun: one process per device, rank 0 writes
     records = read_records(records_path)
-    # lori / no_cot students see no CoT text; the recipes train on it (teacher pass, curricula)
+    # lori / no_cot / pause students see no CoT text; the recipes train on it (teacher pass, curricula)
     check_training_records(records, records_path,
-                           need_cot=cfg.method not in ("lori", "no_cot") or getattr(cfg.args, "cot_stages", 0) > 0)
+                           need_cot=cfg.method not in ("lori", "no_cot", "pause") or getattr(cfg.args, "cot_stages", 0) > 0)
     student, tokenizer = build_student(cfg, teacher)
     # LoRA on the student's HF model only: the latent projection (outside it) stays fully trained
     adapters = add_lora(student.model, cfg.lora)
     student.to(device).train()
-    targets = factors = None
+    targets = factors = steps = None
     if cfg.needs_targets:
-        targets, factors = load_teacher_statistics(cfg, targets_path, factors_path, records, student, tokenizer, teacher,
+        targets, factors, steps = load_teacher_statistics(cfg, targets_path, factors_path, records, student, tokenizer, teacher,
                                                    device)
     log.info("student '%s': %.2fM parameters, K=%d, %s, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.args.latent_steps, cfg.args, len(records), device)
     recipe = RECIPES[cfg.method](cfg.args, RecipeContext(student, tokenizer, records, device, cfg.seed, cfg.steps,
-                                                         targets, factors))
+                                                         targets, factors, steps))
     # decoded the way `evaluate` decodes this student: K latent thoughts (0: No-CoT, iCoT-SI), then the answer
     evaluator = validation_evaluator(student, tokenizer, val, cfg, device)
     stream = curriculum_stream(cfg, records)

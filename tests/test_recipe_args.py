@@ -16,7 +16,7 @@ def fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-@pytest.mark.parametrize("method", ["codi", "coconut", "icot_si"])
+@pytest.mark.parametrize("method", ["codi", "coconut", "icot_si", "pause"])
 def test_schema_defaults_of_each_baseline_block_are_its_args_defaults(method):
     """The schema fills distill.<method> with defaults; they must be the Args defaults (one truth)."""
     props = load_schema()["$defs"][method]["properties"]
@@ -52,6 +52,8 @@ def test_defaults_and_needs_targets():
     assert recipe_args({"method": "lori"}) == LoriArgs()
     no_cot = recipe_args({"method": "no_cot"})
     assert (no_cot.latent_steps, no_cot.alpha, no_cot.gamma, no_cot.needs_targets) == (0, 0.0, 0.0, False)
+    pause = recipe_args({"method": "pause"})
+    assert (pause.latent_steps, pause.feedback, pause.alpha, pause.gamma, pause.needs_targets) == (6, "pause", 0, 0, False)
     assert recipe_args({"method": "lori", "alpha": 0.0, "anchor_space": "full"}).needs_targets   # gamma still 1
     assert not recipe_args({"method": "lori", "alpha": 0.0, "gamma": 0.0}).needs_targets
     assert recipe_args({"method": "coconut", "max_stage": 2, "thoughts_per_step": 3, "steps": 1000}).latent_steps == 6
@@ -74,10 +76,10 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ValueError) as e:
         recipe_args({"method": "lori", "max_stage": 2, "remove_per_stage": 3, "alpha": -1.0})
     msg = str(e.value)
-    assert "max_stage is a knob of coconut, not of method 'lori'" in msg
+    assert "max_stage is a knob of coconut and sim_cot, not of method 'lori'" in msg
     assert "remove_per_stage is a knob of icot_si, not of method 'lori'" in msg
     assert "alpha, gamma and step_anchor must be >= 0" in msg
-    with pytest.raises(ValueError, match=re.escape("unknown method 'cot' (one of lori, no_cot, codi, coconut, icot_si)")):
+    with pytest.raises(ValueError, match=re.escape("unknown method 'cot' (one of lori, no_cot, codi, coconut, icot_si, pause, sim_cot)")):
         recipe_args({"method": "cot"})
     with pytest.raises(ValueError, match="steps .300. must exceed max_stage"):
         recipe_args({"method": "coconut", "steps_per_stage": 100}, steps=300)

@@ -339,26 +339,26 @@ def test_a_killed_recipe_run_resumes_to_the_same_weights(tiny, tmp_path, monkeyp
 
 # ---------------------------------------------------------------- LoRi step anchors
 def test_step_targets_summarise_each_cot_step_and_place_it_on_its_thought():
-    """TeacherTargets(step_lengths=...) cuts each trajectory into its CoT steps (mean of each step's
-    core states), pads to the longest, and matches step j of n to thought ceil((j+1) K / n) - 1."""
+    """core_step_targets cuts each trajectory into its CoT steps (mean of each step's core states),
+    pads to the longest, and matches step j of n to thought ceil((j+1) K / n) - 1; Coconut's stage
+    k covers only the first k steps (each on the last of its own thoughts)."""
     import numpy as np
 
-    from lori.artifacts.targets import Targets
-    from lori.training.recipes.lori import TeacherTargets
+    from lori.training.step_info import core_step_targets
 
     rng = np.random.default_rng(0)
     lengths = [[3, 2], [2, 2, 4], []]                       # the third example has no CoT
     offsets = np.concatenate([[0], np.cumsum([sum(x) for x in lengths])])
     core = rng.standard_normal((offsets[-1], 2, 3)).astype(np.float32)
-    store = Targets(core, offsets, np.zeros((3, 1, 2, 3), np.float32), np.zeros((3, 1, 4, 8), np.float16),
-                    ["a", "b", "c"], {})
-    t = TeacherTargets(store, "full", lengths, latent_steps=6)
-    assert t.step_slot.tolist() == [[2, 5, -1], [1, 3, 5], [-1, -1, -1]]
-    np.testing.assert_allclose(t.step_core[0, 0].numpy(), core[0:3].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(t.step_core[1, 2].numpy(), core[9:13].mean(0), rtol=1e-6)
+    t = core_step_targets(core, offsets, lengths)
+    assert t.slots([0, 1, 2], 6).tolist() == [[2, 5, -1], [1, 3, 5], [-1, -1, -1]]
+    assert t.slots([1, 0], 4, covered=2).tolist() == [[1, 3, -1], [1, 3, -1]]   # stage 2, c = 2
+    assert t.slots([1], 2, covered=1).tolist() == [[1, -1, -1]]                  # stage 1, c = 2
+    np.testing.assert_allclose(t.states[0, 0].numpy(), core[0:3].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(t.states[1, 2].numpy(), core[9:13].mean(0), rtol=1e-6)
     # a subword tokenizer's per-step counts may not add up to the trajectory: rescaled, not refused
-    t = TeacherTargets(store, "full", [[2, 2], [4, 4, 8], []], latent_steps=6, step_summary="last")
-    np.testing.assert_allclose(t.step_core[1].numpy(), core[[6, 8, 12]], rtol=1e-6)
+    t = core_step_targets(core, offsets, [[2, 2], [4, 4, 8], []], "last")
+    np.testing.assert_allclose(t.states[1].numpy(), core[[6, 8, 12]], rtol=1e-6)
 
 
 def test_step_result_points_find_the_token_that_predicts_each_result(student):
@@ -366,8 +366,7 @@ def test_step_result_points_find_the_token_that_predicts_each_result(student):
     next token is the step's result (the linear probe in docs/results.md finds the result there)."""
     import numpy as np
 
-    from lori.artifacts.targets import Targets
-    from lori.training.recipes.lori import TeacherTargets, record_step_lengths, record_step_points
+    from lori.training.step_info import core_step_targets, record_step_lengths, record_step_points
 
     _, tok = student
     records = [Record("a", "q", ["<<2-10=3>>", "<<3*4=1>>"], "1"), Record("b", "q", ["no equals here"], "1")]
@@ -379,12 +378,10 @@ def test_step_result_points_find_the_token_that_predicts_each_result(student):
     assert tok.convert_ids_to_tokens(step_ids(tok, ["<<2-10=3>>"])[0])[points[0][0]] == "="
     offsets = np.concatenate([[0], np.cumsum([sum(x) for x in lengths])])
     core = np.random.default_rng(0).standard_normal((offsets[-1], 2, 3)).astype(np.float32)
-    store = Targets(core, offsets, np.zeros((2, 1, 2, 3), np.float32), np.zeros((2, 1, 4, 8), np.float16),
-                    ["a", "b"], {})
-    t = TeacherTargets(store, "full", lengths, latent_steps=4, step_summary="result", step_points=points)
-    np.testing.assert_allclose(t.step_core[0, :2].numpy(), core[[points[0][0], lengths[0][0] + points[0][1]]])
+    t = core_step_targets(core, offsets, lengths, "result", points)
+    np.testing.assert_allclose(t.states[0, :2].numpy(), core[[points[0][0], lengths[0][0] + points[0][1]]])
     with pytest.raises(ValueError, match="needs each step's result token"):
-        TeacherTargets(store, "full", lengths, latent_steps=4, step_summary="result")
+        core_step_targets(core, offsets, lengths, "result")
 
 
 def test_lori_with_step_anchors_trains_and_logs_the_term(tiny):

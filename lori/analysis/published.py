@@ -25,6 +25,7 @@ PUBLISHED: tuple[Published, ...] = (
     Published("GPT-2 small", "cot_sft", {"gsm8k": 44.1, "gsm_hard": 9.8, "svamp": 41.8}, "CODI Tables 1-2"),
     Published("GPT-2 small", "icot_si", {"gsm8k": 30.0}, "CODI Table 1 (iCoT-SI paper: 30.1)"),
     Published("GPT-2 small", "coconut", {"gsm8k": 34.1}, "Coconut Table 1"),
+    Published("GPT-2 small", "sim_cot", {"gsm8k": 42.2}, "SIM-CoT (Wei et al. 2025): Coconut + SIM-CoT, +8.2 over Coconut"),
     Published("GPT-2 small", "codi", {"gsm8k": 43.7, "gsm_hard": 9.9, "svamp": 42.9}, "CODI Tables 1-2"),
     Published("LLaMA-3.2-1B-Instruct", "no_cot", {"gsm8k": 30.9}, "CODI Table 1 (secondary transcription)"),
     Published("LLaMA-3.2-1B-Instruct", "cot_sft", {"gsm8k": 61.6, "gsm_hard": 15.6, "svamp": 66.7},

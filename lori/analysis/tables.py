@@ -50,8 +50,9 @@ def training_cost(metrics: list[dict]) -> dict:
     return cost
 
 
-#: row order within a benchmark: the explicit-CoT teacher, No-CoT, the baselines, then LoRi (the papers' order)
-METHOD_ORDER = ("cot_sft", "no_cot", "icot_si", "coconut", "codi", "lori")
+#: row order within a benchmark: the explicit-CoT teacher, No-CoT and the pause-token control, the baselines,
+#: then LoRi (the papers' order)
+METHOD_ORDER = ("cot_sft", "no_cot", "pause", "icot_si", "coconut", "sim_cot", "codi", "lori")
 
 
 RESULTS_NOTE = ("One row per method and benchmark. Accuracy: mean ± sample sd over seeds (one seed: the value); "

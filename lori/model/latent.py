@@ -6,8 +6,10 @@ then ``<eot> ####`` and the answer. The chain runs on the KV cache, one position
 thought for the whole batch, and gradients flow through it (no recompute).
 
 ``feedback: hidden`` (Coconut) feeds the last hidden state back unchanged, with no
-projection. ``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
-``latent.json`` records both, so evaluation needs nothing method-specific.
+projection. ``feedback: pause`` (the pause-token control, Goyal et al. 2023) feeds nothing back:
+thought k's input is a learned embedding ``pause[k]`` (a [K, d] parameter), the same for every
+question. ``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
+``latent.json`` records K and the feedback, so evaluation needs nothing method-specific.
 """
 from __future__ import annotations
 
@@ -51,27 +53,46 @@ class StudentOutput:
     task_loss: torch.Tensor                 # answer cross-entropy
     thoughts: torch.Tensor | None           # [B, K, L, d] hidden states at the thought positions
     anchor: torch.Tensor | None             # [B, L, d] hidden states at the anchor position
+    inputs: torch.Tensor | None = None      # [B, K, d] the thoughts' input embeddings (forward(keep_inputs=True))
 
 
-Feedback = Literal["projection", "hidden"]
+Feedback = Literal["projection", "hidden", "pause"]
+FEEDBACKS = ("projection", "hidden", "pause")
+
+
+def init_pause(model, latent_steps: int) -> torch.Tensor:
+    """K filler input embeddings [K, d], drawn like token embeddings: normal with the std of the
+    model's input-embedding weights (torch's global generator, so the run's seed fixes them)."""
+    emb = model.get_input_embeddings().weight.detach()
+    std = float(emb.float().std())
+    return torch.randn(latent_steps, emb.shape[1], device=emb.device).mul_(std).to(emb.dtype)
 
 
 class LatentStudent(nn.Module):
     def __init__(self, model, latent_steps: int, bot_id: int, eot_id: int, projection: Projection | None = None,
-                 feedback: Feedback = "projection"):
+                 feedback: Feedback = "projection", pause: torch.Tensor | None = None):
         super().__init__()
-        if feedback not in ("projection", "hidden"):
-            raise ValueError(f"feedback must be projection | hidden, got {feedback!r}")
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback must be {' | '.join(FEEDBACKS)}, got {feedback!r}")
         self.model = model
         self.latent_steps = latent_steps
         self.bot_id, self.eot_id = bot_id, eot_id
         self.feedback = feedback
-        if feedback == "hidden":
-            projection = None        # Coconut: the last hidden state is the next input embedding
+        if feedback in ("hidden", "pause"):
+            projection = None        # Coconut: the last hidden state is the next input embedding; pause: none fed
         elif projection is None and latent_steps > 0:
             emb = model.get_input_embeddings().weight
             projection = Projection(emb.shape[1], out_scale=float(emb.detach().pow(2).mean().sqrt()))
         self.projection = projection
+        # pause: thought k's input is pause[k] whatever the question (None for the other feedbacks)
+        if feedback == "pause" and latent_steps > 0:
+            pause = init_pause(model, latent_steps) if pause is None else pause
+            d = model.get_input_embeddings().weight.shape[1]
+            if tuple(pause.shape) != (latent_steps, d):
+                raise ValueError(f"pause embeddings must be [{latent_steps}, {d}], got {list(pause.shape)}")
+        else:
+            pause = None
+        self.register_parameter("pause", nn.Parameter(pause) if pause is not None else None)
 
     # ------------------------------------------------------------------ forward
     def _feed(self, last: torch.Tensor) -> torch.Tensor:
@@ -89,11 +110,19 @@ class LatentStudent(nn.Module):
         cache grows by afterwards (see :func:`lori.model.chain.start_chain`)."""
         n_thoughts = self.latent_steps if latent_steps is None else latent_steps
         # the LM head runs on the prompt's last position only: a [B, P, vocab] head would be thrown away
-        past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0)
+        if self.pause is not None and n_thoughts > self.pause.shape[0]:
+            raise ValueError(f"{n_thoughts} thoughts asked of a pause student with {self.pause.shape[0]} pause embeddings")
+        # pause students read no hidden state
+        past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0 and self.pause is None)
         chain = start_chain(self.model, past, prompt_mask, prompt_mask.sum(1), n_thoughts, reserve)
         thought_states = []
         for k in range(n_thoughts):
-            embeds = self._feed(last) if thought_inputs is None else thought_inputs[:, k]     # [B, d]
+            if thought_inputs is not None:
+                embeds = thought_inputs[:, k]                                            # [B, d]
+            elif self.pause is not None:              # pause: the k-th learned filler, whatever was computed
+                embeds = self.pause[k].expand(prompt_ids.shape[0], -1)
+            else:
+                embeds = self._feed(last)
             if record_inputs is not None:
                 record_inputs.append(embeds)
             # logits only after the last thought: no loss reads the others
@@ -105,10 +134,13 @@ class LatentStudent(nn.Module):
         return chain.cache(), chain.mask, chain.next_pos, logits, thoughts
 
     def forward(self, batch: StudentBatch, layers: list[int] | None = None,
-                latent_steps: int | None = None) -> StudentOutput:
+                latent_steps: int | None = None, keep_inputs: bool = False) -> StudentOutput:
         """Training forward: CE on ``suffix[answer_start:]``, plus thought/anchor states at ``layers``
-        when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages)."""
-        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, latent_steps=latent_steps)
+        when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages);
+        ``keep_inputs`` also returns the thoughts' input embeddings, in the graph (SIM-CoT decodes them)."""
+        fed: list[torch.Tensor] | None = [] if keep_inputs else None
+        past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, record_inputs=fed,
+                                                   latent_steps=latent_steps)
         suffix_len = batch.suffix_ids.shape[1]
         out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
                                 attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
@@ -119,7 +151,8 @@ class LatentStudent(nn.Module):
         targets = batch.suffix_ids[:, a:].masked_fill(batch.suffix_mask[:, a:] == 0, -100)
         task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
         anchor = torch.stack([out.hidden_states[l][:, a - 1] for l in layers], dim=1) if layers is not None else None
-        return StudentOutput(task, thoughts, anchor)
+        inputs = torch.stack(fed, dim=1) if fed else None
+        return StudentOutput(task, thoughts, anchor, inputs)
 
     @torch.no_grad()
     def thought_inputs(self, batch: StudentBatch) -> torch.Tensor:
@@ -155,7 +188,9 @@ class LatentStudent(nn.Module):
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
         meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
         files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
-        tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else None
+        tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else {}
+        if self.pause is not None:
+            tensors["pause.safetensors"] = {"pause": self.pause}
         save_checkpoint(out, self.model, tokenizer, files, tensors)
 
     @classmethod
@@ -168,8 +203,8 @@ class LatentStudent(nn.Module):
         meta = json.loads(meta_path.read_text())
         latent_steps = int(meta["latent_steps"])
         feedback = meta.get("feedback", "projection")      # checkpoints older than Coconut have none
-        if feedback not in ("projection", "hidden"):
-            raise ArtifactError(f"{meta_path}: feedback must be projection | hidden, got {feedback!r}")
+        if feedback not in FEEDBACKS:
+            raise ArtifactError(f"{meta_path}: feedback must be {' | '.join(FEEDBACKS)}, got {feedback!r}")
         projection = None
         if latent_steps > 0 and feedback == "projection":
             projection = Projection(model.get_input_embeddings().weight.shape[1])
@@ -179,6 +214,18 @@ class LatentStudent(nn.Module):
                 raise ArtifactError(f"{path}: projection.safetensors does not fit this model (hidden size "
                                     f"{projection.norm.weight.shape[0]}): {type(e).__name__}: "
                                     f"{' '.join(l.strip() for l in str(e).splitlines()[:2])}") from None
+        pause = None
+        if latent_steps > 0 and feedback == "pause":
+            d = model.get_input_embeddings().weight.shape[1]
+            try:
+                pause = load_file(str(path / "pause.safetensors"))["pause"]
+            except Exception as e:  # missing, truncated, or without the "pause" tensor
+                raise ArtifactError(f"{path}: pause.safetensors is missing or unreadable (a pause student needs its "
+                                    f"{latent_steps} x {d} pause embeddings): {type(e).__name__}: "
+                                    f"{' '.join(l.strip() for l in str(e).splitlines()[:2])}") from None
+            if tuple(pause.shape) != (latent_steps, d):
+                raise ArtifactError(f"{path}: pause.safetensors holds {list(pause.shape)} pause embeddings; latent.json "
+                                    f"and this model need [{latent_steps}, {d}]")
         student = cls(model, latent_steps, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
-                      projection, feedback)
+                      projection, feedback, pause.to(model.get_input_embeddings().weight.dtype) if pause is not None else None)
         return student, tokenizer

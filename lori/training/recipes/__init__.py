@@ -6,7 +6,8 @@
 - :mod:`~lori.training.recipes.registry` — ``RECIPES``: method -> ``build(args, ctx) -> Recipe``;
 - one module per method: :mod:`lori <lori.training.recipes.lori>` (trajectory statistics + anchor),
   :mod:`no_cot <lori.training.recipes.no_cot>`, :mod:`codi <lori.training.recipes.codi>`,
-  :mod:`coconut <lori.training.recipes.coconut>`, :mod:`icot_si <lori.training.recipes.icot_si>`.
+  :mod:`coconut <lori.training.recipes.coconut>`, :mod:`icot_si <lori.training.recipes.icot_si>`,
+  :mod:`pause <lori.training.recipes.pause>` (the pause-token control).
 
 The loop (:func:`lori.training.loop.fit`) optimises the ``"loss"`` key of ``loss_step(indices)``
 and logs every other key; ``on_step(step)`` runs before each step (a curriculum) and returns True

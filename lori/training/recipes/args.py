@@ -18,6 +18,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+STEP_SUMMARIES = ("mean", "last", "result")
+STEP_SPACES = ("core", "full")
+
+
+def step_problems(args) -> list[str]:
+    """The step-anchor knobs every latent method shares (lori.training.step_info)."""
+    out = []
+    if args.step_anchor < 0:
+        out.append(f"step_anchor must be >= 0, got {args.step_anchor}")
+    if args.step_summary not in STEP_SUMMARIES:
+        out.append(f"step_summary must be {' | '.join(STEP_SUMMARIES)}, got {args.step_summary!r}")
+    if args.step_anchor_space not in STEP_SPACES:
+        out.append(f"step_anchor_space must be {' | '.join(STEP_SPACES)}, got {args.step_anchor_space!r}")
+    return out
+
+
 @dataclass
 class LoriArgs:
     """LoRi (ours, after the paper): ``L = L_task + alpha * L_reason + gamma * L_anchor``."""
@@ -36,6 +52,9 @@ class LoriArgs:
     # a step's summary: mean of its tokens' core | its last token's | the token predicting its result
     # (its last "="; in "<<2-10=3>>" the state that must hold 3 - the last token, ">>", mostly does not)
     step_summary: Literal["mean", "last", "result"] = "mean"
+    # where the step anchor compares: in the low-rank core, or on the full normalised states of
+    # the dumped layers (no projection: the same step information without the subspace)
+    step_anchor_space: Literal["core", "full"] = "core"
     # Our option: Coconut's curriculum from the CoT student before LoRi's own layout. Stage
     # k = 1..cot_stages replaces the first k CoT steps by the K thoughts and keeps the remaining
     # steps and the answer as cross-entropy targets (L_reason on the thoughts throughout; L_anchor,
@@ -59,6 +78,7 @@ class LoriArgs:
             out.append("alpha > 0 or step_anchor > 0 needs latent_steps >= 1 (no thoughts to match)")
         if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
             out.append("alpha, gamma and step_anchor must be >= 0")
+        out += step_problems(self)
         if self.feedback not in ("projection", "hidden"):
             out.append(f"feedback must be projection | hidden, got {self.feedback!r}")
         if self.cot_stages < 0 or self.steps_per_stage < 1:
@@ -86,12 +106,21 @@ class CodiArgs:
     distill_weight: float = 1.0          # beta (paper: 1 for GPT-2, 20 for LLaMA-1B)
     teacher_weight: float = 1.0          # gamma, weight of the teacher pass's CoT cross-entropy (paper: 1)
     include_last_step: bool = False      # keep the CoT's last step in the teacher pass (CODI drops it)
+    # Our option, LoRi's step anchors on CODI's thoughts (lori.training.step_info; 0 = CODI as published)
+    step_anchor: float = 0.0             # weight of L_step
+    step_summary: Literal["mean", "last", "result"] = "mean"
+    step_anchor_space: Literal["core", "full"] = "core"
 
     feedback = "projection"
-    needs_targets = False                # the teacher pass runs in the loop; no dumped targets
+
+    @property
+    def needs_targets(self) -> bool:
+        """The teacher pass runs in the loop; only step anchors read the dumped teacher's targets."""
+        return self.step_anchor > 0
 
     def problems(self, steps: int) -> list[str]:
-        return [f"latent_steps must be >= 1, got {self.latent_steps}"] if self.latent_steps < 1 else []
+        out = [f"latent_steps must be >= 1, got {self.latent_steps}"] if self.latent_steps < 1 else []
+        return out + step_problems(self)
 
 
 @dataclass
@@ -102,9 +131,18 @@ class CoconutArgs:
     steps_per_stage: int = 200           # optimizer steps per stage (the paper's 3 epochs)
     reset_optimizer: bool = True         # reset AdamW at each stage boundary (paper: yes)
     latent_steps: int | None = None      # fixed by the curriculum: max_stage * c (set only to restate it)
+    # Our option, LoRi's step anchors on Coconut's thoughts (lori.training.step_info; 0 = Coconut as
+    # published): at stage k the k replaced steps are matched to their thoughts, then all steps
+    step_anchor: float = 0.0             # weight of L_step
+    step_summary: Literal["mean", "last", "result"] = "mean"
+    step_anchor_space: Literal["core", "full"] = "core"
 
     feedback = "hidden"                  # the last hidden state is fed back as is (no projection)
-    needs_targets = False
+
+    @property
+    def needs_targets(self) -> bool:
+        """Only step anchors read the dumped teacher's targets."""
+        return self.step_anchor > 0
 
     def __post_init__(self):
         self._given_k = self.latent_steps
@@ -117,6 +155,7 @@ class CoconutArgs:
                        f"{self._given_k} contradicts it (leave it unset)")
         if self.thoughts_per_step < 1 or self.max_stage < 1:
             out.append("coconut needs thoughts_per_step >= 1 and max_stage >= 1")
+        out += step_problems(self)
         if self.steps_per_stage < 1 or steps <= self.max_stage * self.steps_per_stage:
             out.append(f"coconut: steps ({steps}) must exceed max_stage * steps_per_stage ({self.max_stage} * "
                        f"{self.steps_per_stage}) so the final stage (all steps replaced, the layout evaluation "
@@ -148,10 +187,54 @@ class IcotSIArgs:
         return out
 
 
-RecipeArgs = LoriArgs | CodiArgs | CoconutArgs | IcotSIArgs
+@dataclass
+class PauseArgs:
+    """Pause tokens (Goyal et al. 2023), a control: K learned filler input embeddings where a latent
+    student has its thoughts, nothing fed back from the hidden state; answer cross-entropy only
+    (LoRi's loss step with alpha = gamma = 0)."""
+    latent_steps: int = 6                # K pause embeddings (ours: LoRi's default K, as many extra positions)
+    # Our option, the step anchors on the pause positions' states (lori.training.step_info): the same
+    # step information as a latent student's, without a chain to carry it (0 = pause tokens as published)
+    step_anchor: float = 0.0
+    step_summary: Literal["mean", "last", "result"] = "mean"
+    step_anchor_space: Literal["core", "full"] = "core"
+
+    feedback = "pause"                   # thought k's input is the learned pause[k], whatever the question
+    alpha = gamma = 0.0                  # fixed: no teacher statistics, no pre-answer anchor
+    cot_stages = 0                       # fixed: the final layout from the first step
+
+    @property
+    def needs_targets(self) -> bool:
+        return self.step_anchor > 0
+
+    def problems(self, steps: int) -> list[str]:
+        out = [f"pause needs latent_steps >= 1 (K pause embeddings), got {self.latent_steps}"] \
+            if self.latent_steps < 1 else []
+        return out + step_problems(self)
+
+
+@dataclass
+class SimCotArgs(CoconutArgs):
+    """SIM-CoT on Coconut (Wei et al. 2025): Coconut's curriculum plus an auxiliary decoder, used in
+    training only, that decodes each group of c thoughts into the CoT step it replaces."""
+    decoder_weight: float = 1.0          # weight of L_decoder (reference code: 1)
+    # the decoder's start: a copy of the student's starting weights (ours; the reference loads the
+    # pretrained base LM) | the same architecture freshly initialised
+    decoder_init: Literal["student", "scratch"] = "student"
+
+    def problems(self, steps: int) -> list[str]:
+        out = [p.replace("coconut", "sim_cot") for p in super().problems(steps)]
+        if self.decoder_weight < 0:
+            out.append(f"decoder_weight must be >= 0, got {self.decoder_weight}")
+        if self.decoder_init not in ("student", "scratch"):
+            out.append(f"decoder_init must be student | scratch, got {self.decoder_init!r}")
+        return out
+
+
+RecipeArgs = LoriArgs | CodiArgs | CoconutArgs | IcotSIArgs | PauseArgs | SimCotArgs
 #: method -> its knobs; the plain registry every caller dispatches on (no string-keyed ownership)
 ARGS: dict[str, type] = {"lori": LoriArgs, "no_cot": NoCoTArgs, "codi": CodiArgs, "coconut": CoconutArgs,
-                         "icot_si": IcotSIArgs}
+                         "icot_si": IcotSIArgs, "pause": PauseArgs, "sim_cot": SimCotArgs}
 
 
 def knob_names(cls: type) -> list[str]:

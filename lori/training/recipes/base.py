@@ -10,6 +10,7 @@ if TYPE_CHECKING:   # annotations only
     from lori.data.records import Record
     from lori.lowrank.maths import Factors
     from lori.model.latent import LatentStudent
+    from lori.training.step_info import StepTargets
 
 LossStep = Callable[[list[int]], "dict[str, torch.Tensor]"]
 
@@ -31,3 +32,4 @@ class RecipeContext:
     steps: int                                   # optimizer steps of the run (schedules are checked against it)
     targets: Any = None                          # lori: the teacher's statistics (recipes.lori.TeacherTargets)
     factors: Factors | None = None               # lori: the teacher's low-rank factors
+    step_targets: StepTargets | None = None      # step_anchor > 0: one teacher state per CoT step (step_info)

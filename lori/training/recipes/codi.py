@@ -16,6 +16,9 @@ Each step runs two passes of the same weights on the same problems:
 
 ``L = L_student + distill_weight * L_KD + teacher_weight * L_teacher`` (paper: beta = 1 for GPT-2,
 20 for LLaMA-1B; gamma = 1). The teacher pass needs no dumped targets or factors.
+
+``step_anchor > 0`` (ours, off in CODI as published) adds LoRi's step anchors on the K thoughts
+(:mod:`lori.training.step_info`), which then read the dumped teacher's targets and factors.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from lori.training.loop import step_flops
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes.args import CodiArgs
 from lori.training.recipes.base import Recipe, RecipeContext
+from lori.training.step_info import states_at
 
 
 def teacher_steps(steps: list[str], include_last_step: bool) -> list[str]:
@@ -44,6 +48,8 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
     layers = list(range(student.model.config.num_hidden_layers + 1))     # embeddings + every block
     teacher_seqs = [teacher_sequence(tokenizer, r, teacher_steps(r.steps, args.include_last_step)) for r in records]
     params = num_params(student)
+    if args.step_anchor > 0 and (ctx.step_targets is None or ctx.factors is None):
+        raise ValueError("codi with step_anchor > 0 needs the step targets and factors (RecipeContext)")
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [teacher_seqs[i] for i in idx]
@@ -59,7 +65,14 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         with torch.autocast(device.type, enabled=False):
             distill = normalized_smooth_l1(s_out.anchor.float(), t_states.float())
         loss = s_out.task_loss.float() + args.distill_weight * distill + args.teacher_weight * t_out.loss.float()
-        return {"loss": loss, "task": s_out.task_loss, "distill": distill, "teacher": t_out.loss,
-                "flops": torch.tensor(step_flops(params, positions))}
+        terms = {"task": s_out.task_loss, "distill": distill, "teacher": t_out.loss,
+                 "flops": torch.tensor(step_flops(params, positions))}
+        if args.step_anchor > 0:
+            with torch.autocast(device.type, enabled=False):
+                thoughts = states_at(s_out.thoughts.float(), layers, ctx.factors.layers)
+                terms["step_anchor"] = ctx.step_targets.loss(thoughts, idx, ctx.factors)
+            loss = loss + args.step_anchor * terms["step_anchor"]
+        terms["loss"] = loss
+        return terms
 
     return Recipe(loss_step)

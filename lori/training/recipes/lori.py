@@ -19,102 +19,43 @@ import torch
 from lori.artifacts.store import ArtifactError
 from lori.artifacts.targets import Targets
 from lori.model.loading import num_params
-from lori.model.sequences import equals_token, step_ids, student_batch
+from lori.model.sequences import student_batch
 from lori.training.loop import step_flops
-from lori.training.losses import (
-    anchor_loss,
-    moments,
-    reason_loss,
-    step_anchor_loss,
-    step_slots,
-    step_summaries,
-    trajectory_moments,
-)
+from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
 from lori.training.recipes.args import LoriArgs
 from lori.training.recipes.base import Recipe, RecipeContext
 from lori.training.recipes.stages import coconut_batch, stage_at
+from lori.training.step_info import record_step_lengths, record_step_points  # noqa: F401  (re-exported)
 
 
 class TeacherTargets:
     """Per-example teacher statistics and anchors as tensors, from a checked targets store
-    (:class:`lori.artifacts.targets.Targets`). With ``step_lengths`` (each example's CoT step
-    token counts) also the per-step summaries for ``step_anchor``: ``step_core`` [N, J, r_L, r_d]
-    and ``step_slot`` [N, J] (the thought each step is matched to; -1 = padding); ``step_points``
-    (each step's result token, :func:`record_step_points`) for ``step_summary: result``."""
+    (:class:`lori.artifacts.targets.Targets`). Step anchors have their own targets
+    (:class:`lori.training.step_info.StepTargets`, ``RecipeContext.step_targets``)."""
 
-    def __init__(self, targets: Targets, covariance: str, step_lengths: list[list[int]] | None = None,
-                 latent_steps: int = 0, step_summary: str = "mean", step_points: list[list[int]] | None = None):
+    def __init__(self, targets: Targets, covariance: str):
         self.lengths = torch.from_numpy(np.diff(targets.offsets))
         means, covs = trajectory_moments(targets.core, targets.offsets, covariance)
         self.mean, self.cov = torch.from_numpy(means), torch.from_numpy(covs)
         self.anchor_core = torch.from_numpy(targets.anchors_core[:, 0].astype(np.float32))
         self.anchor_full = torch.from_numpy(targets.anchors[:, 0].astype(np.float32))
-        self.step_core = self.step_slot = None
-        if step_lengths is not None:
-            self.step_core, self.step_slot = _step_targets(targets, step_lengths, latent_steps, step_summary,
-                                                           step_points)
 
     def to(self, device) -> "TeacherTargets":
-        for name in ("mean", "cov", "anchor_core", "anchor_full", "step_core", "step_slot"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
+        for name in ("mean", "cov", "anchor_core", "anchor_full"):
+            setattr(self, name, getattr(self, name).to(device))
         return self
-
-
-def _fit_lengths(lengths: list[int], total: int) -> list[int]:
-    """Step token counts rescaled to a trajectory of ``total`` tokens (a subword tokenizer may
-    merge tokens across step boundaries, so the per-step counts need not sum to it exactly)."""
-    if sum(lengths) == total:
-        return lengths
-    bounds = np.rint(np.cumsum([0] + lengths) * total / max(sum(lengths), 1)).astype(int)
-    return [int(b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def _step_targets(targets: Targets, step_lengths: list[list[int]], latent_steps: int, summary: str,
-                  step_points: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if summary == "result" and step_points is None:
-        raise ValueError("step_summary 'result' needs each step's result token (record_step_points)")
-    n_ex, (_, rl, rd) = len(step_lengths), targets.core.shape
-    width = max([len(s) for s in step_lengths] + [1])
-    cores = np.zeros((n_ex, width, rl, rd), np.float32)
-    slots = np.full((n_ex, width), -1, np.int64)
-    for i, lengths in enumerate(step_lengths):
-        lo, hi = int(targets.offsets[i]), int(targets.offsets[i + 1])
-        lengths = _fit_lengths(lengths, hi - lo)
-        if hi == lo or not lengths:
-            continue
-        n = len(lengths)
-        # _fit_lengths keeps at most the record's steps, so a point per kept step is always there
-        points = step_points[i][:n] if step_points is not None else None
-        cores[i, :n] = step_summaries(np.asarray(targets.core[lo:hi], np.float32), lengths, summary, points)
-        slots[i, :n] = step_slots(n, latent_steps)
-    return torch.from_numpy(cores), torch.from_numpy(slots)
-
-
-def record_step_lengths(tokenizer, records) -> list[list[int]]:
-    """Each record's CoT step token counts, as the teacher's trajectory tokenizes them."""
-    return [[len(ids) for ids in step_ids(tokenizer, r.steps)] for r in records]
-
-
-def record_step_points(tokenizer, records) -> list[list[int]]:
-    """Each record's CoT steps' result tokens: in each step, the offset of the last token holding a
-    "=" (``<<2-10=3>>``: the state that predicts 3), or the step's last token when it has none."""
-    def point(ids: list[int]) -> int:
-        eq = equals_token(tokenizer.convert_ids_to_tokens(ids))
-        return len(ids) - 1 if eq is None else eq
-
-    return [[point(ids) for ids in step_ids(tokenizer, r.steps)] for r in records]
 
 
 def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
     """The loss step ``indices -> {loss, task, reason*, anchor, flops}``."""
     device = torch.device(ctx.device)
     student, tokenizer, records, targets, factors = ctx.student, ctx.tokenizer, ctx.records, ctx.targets, ctx.factors
-    if args.needs_targets and (targets is None or factors is None):
+    reads_targets = args.alpha > 0 or args.gamma > 0
+    if args.needs_targets and (factors is None or (reads_targets and targets is None)):
         raise ArtifactError(f"LoRi with alpha={args.alpha}, gamma={args.gamma}, step_anchor={args.step_anchor} needs "
                             f"the teacher's targets and factors")
-    if args.step_anchor > 0 and targets.step_core is None:
-        raise ValueError("step_anchor > 0 needs TeacherTargets built with the records' step lengths")
+    if args.step_anchor > 0 and ctx.step_targets is None:
+        raise ValueError("step_anchor > 0 needs the step targets (RecipeContext.step_targets)")
     layers = factors.layers if args.needs_targets else None
     params = num_params(student)
     state = {"stage": args.cot_stages + 1}    # cot_stages = 0: always the final (published) layout
@@ -140,7 +81,7 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         loss = out.task_loss.float()
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):
-            core = factors.project(out.thoughts.float()) if args.alpha > 0 or args.step_anchor > 0 else None  # [B,K,rL,rd]
+            core = factors.project(out.thoughts.float()) if args.alpha > 0 else None   # [B,K,rL,rd]
             if args.alpha > 0:
                 mean_s, cov_s = moments(core, args.covariance)
                 valid = (targets.lengths[idx] > 0).to(device)
@@ -156,7 +97,7 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
                 terms["anchor"] = anchor_loss(a_s, a_t, args.anchor_loss)
                 loss = loss + args.gamma * terms["anchor"]
             if args.step_anchor > 0:
-                terms["step_anchor"] = step_anchor_loss(core, targets.step_core[idx], targets.step_slot[idx])
+                terms["step_anchor"] = ctx.step_targets.loss(out.thoughts.float(), idx, factors)
                 loss = loss + args.step_anchor * terms["step_anchor"]
         terms["loss"] = loss
         return terms

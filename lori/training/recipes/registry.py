@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lori.training.recipes import coconut, codi, icot_si, lori, no_cot
+from lori.training.recipes import coconut, codi, icot_si, lori, no_cot, pause, sim_cot
 from lori.training.recipes.base import Recipe, RecipeContext
 
 RECIPES: dict[str, Callable[..., Recipe]] = {
@@ -12,6 +12,8 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "codi": codi.build,
     "coconut": coconut.build,
     "icot_si": icot_si.build,
+    "pause": pause.build,
+    "sim_cot": sim_cot.build,
 }
 
 __all__ = ["RECIPES", "Recipe", "RecipeContext"]

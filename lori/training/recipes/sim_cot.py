@@ -1,0 +1,90 @@
+"""SIM-CoT on Coconut (Wei et al. 2025, "SIM-CoT: Supervised Implicit Chain-of-Thought").
+
+Coconut's curriculum and loss (:mod:`lori.training.recipes.coconut`), plus step-level supervision
+through an auxiliary decoder (:class:`lori.model.step_decoder.StepDecoder`) used in training only:
+each group of c thoughts (the ones that replace one CoT step) is decoded into that step's tokens,
+``L = L_coconut + decoder_weight * L_decoder``. Gradients of ``L_decoder`` reach the decoder, the
+thoughts, and through them the student. The decoder is attached to the student for training
+(so the optimizer and resumable checkpoints see it) and is not part of the saved student: the
+checkpoint is a Coconut checkpoint, evaluated exactly as Coconut is.
+
+Which group decodes which step: stage k's k groups decode the k steps they replace; the final
+stage's max_stage groups decode steps 0, 1, ..., with the steps from the last group's on joined
+into its target (:func:`lori.model.step_decoder.step_groups`, the reference code's mapping).
+
+Our choices where the paper and its code leave room (knobs in
+:class:`~lori.training.recipes.args.SimCotArgs`, docs/method.md): the decoder starts as a copy of the
+student's starting weights (``decoder_init: student``; the reference loads the pretrained base LM,
+which a model trained from scratch does not have) or freshly initialised (``scratch``); the
+decoder's loss is the mean over decoded steps of each step's token-mean cross-entropy (the
+reference Coconut code sums tokens per sample); groups without a step get no target; the step
+tokens are embedded with the student's own embedding table, as in the reference.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from lori.model.loading import num_params
+from lori.model.sequences import pad_right, step_ids
+from lori.model.step_decoder import StepDecoder, step_groups
+from lori.training.loop import step_flops
+from lori.training.recipes import coconut
+from lori.training.recipes.args import SimCotArgs
+from lori.training.recipes.base import Recipe, RecipeContext
+
+
+def build_decoder(student, init: str) -> StepDecoder:
+    """The auxiliary decoder: a copy of the student's LM (``student``) or the same architecture freshly
+    initialised (``scratch``)."""
+    from transformers import AutoModelForCausalLM
+
+    if init == "student":
+        lm = copy.deepcopy(student.model)
+    elif init == "scratch":
+        lm = AutoModelForCausalLM.from_config(student.model.config)
+    else:
+        raise ValueError(f"decoder_init must be student | scratch, got {init!r}")
+    return StepDecoder(lm.to(next(student.model.parameters()).device).train())
+
+
+def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
+    student, tokenizer, records = ctx.student, ctx.tokenizer, ctx.records
+    c, max_stage = args.thoughts_per_step, args.max_stage
+    decoder = build_decoder(student, args.decoder_init)
+    decoder_params = num_params(decoder)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # every record's steps tokenized once, as they appear in the CoT (" step"), each closed by <eos>
+    flat = step_ids(tokenizer, [s for r in records for s in r.steps])
+    targets, k = [], 0
+    for r in records:
+        targets.append([ids + [eos] for ids in flat[k:k + len(r.steps)]])
+        k += len(r.steps)
+
+    def decoder_term(out, idx: list[int], stage: int, thoughts: int):
+        groups = thoughts // c
+        covered = stage if stage <= max_stage else None
+        rows, cols, seqs = [], [], []
+        for row, i in enumerate(idx):
+            for g, steps in enumerate(step_groups(len(records[i].steps), groups, covered)):
+                if steps:
+                    rows.append(row)
+                    cols.append(g)
+                    seqs.append([t for j in steps for t in targets[i][j]])
+        if not seqs:
+            zero = out.task_loss.new_zeros(())
+            return {"decoder": zero}, zero, 0.0
+        device = out.inputs.device
+        ids, mask = (t.to(device) for t in pad_right(seqs, pad))
+        grouped = out.inputs.view(out.inputs.shape[0], groups, c, -1)                   # [B, G, c, d]
+        latents = grouped[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]   # [S, c, d]
+        embeds = student.model.get_input_embeddings()(ids)
+        loss = decoder(latents, embeds, ids, mask)
+        return {"decoder": loss}, args.decoder_weight * loss, step_flops(decoder_params, ids.numel() + len(seqs) * c)
+
+    recipe = coconut.build(args, ctx, extra=decoder_term)   # counts the student's FLOPs without the decoder
+    # registered on the student: AdamW, gradient clipping and resumable checkpoints cover it; the
+    # saved student keeps only its model and projection (LatentStudent.save)
+    student.step_decoder = decoder
+    return recipe

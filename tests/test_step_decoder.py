@@ -1,0 +1,135 @@
+"""SIM-CoT (lori/model/step_decoder.py, lori/training/recipes/sim_cot.py): which thoughts decode which
+step, the auxiliary decoder learns to read a step back from its thoughts, its loss reaches the
+student through the thoughts, and the saved student is a plain Coconut checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lori import distill, evaluate
+from lori.distill import DistillConfig
+from lori.model.step_decoder import StepDecoder, step_groups
+from lori.training.recipes import sim_cot
+from lori.training.recipes.base import RecipeContext
+from tests.tiny import RUNTIME, TINY
+
+
+def test_step_groups_follow_the_reference_mapping():
+    assert step_groups(3, 3) == [[0], [1], [2]]
+    assert step_groups(5, 3) == [[0], [1], [2, 3, 4]]          # more steps: joined into the last group
+    assert step_groups(2, 3) == [[0], [1], []]                 # more groups: the rest have no target
+    assert step_groups(4, 2, covered=2) == [[0], [1]]          # Coconut stage 2: the two replaced steps
+    assert step_groups(1, 2, covered=2) == [[0], []]
+    assert step_groups(4, 0) == []
+
+
+def tiny_lm(seed: int = 0):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=20, **json.loads(TINY)))
+
+
+def test_decoder_learns_to_write_each_step_back_from_its_thoughts():
+    """Two fixed thought groups, two different steps: the decoder's loss falls from ~log(vocab) to
+    near 0 and greedy decoding from each group reads its own step back."""
+    decoder = StepDecoder(tiny_lm())
+    g = torch.Generator().manual_seed(1)
+    thoughts = torch.randn(2, 2, 32, generator=g)                               # [S, c, d]
+    ids = torch.tensor([[3, 7, 5, 1], [9, 4, 1, 0]])                             # "step <eos>", right-padded
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    embed = decoder.lm.get_input_embeddings()
+    opt = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = decoder(thoughts, embed(ids).detach(), ids, mask)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 2.0 and loss.item() < 0.05
+    with torch.no_grad():
+        for s, n in ((0, 4), (1, 3)):
+            read, inputs = [], thoughts[s : s + 1]
+            for _ in range(n):
+                nxt = int(decoder.lm(inputs_embeds=inputs).logits[0, -1].argmax())
+                read.append(nxt)
+                inputs = torch.cat([inputs, embed(torch.tensor([[nxt]]))], dim=1)
+            assert read == ids[s, :n].tolist()
+
+
+def test_decoder_loss_ignores_padding_and_weights_steps_equally():
+    decoder = StepDecoder(tiny_lm())
+    thoughts = torch.randn(2, 1, 32)
+    ids = torch.tensor([[3, 7, 5, 1], [9, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    embeds = decoder.lm.get_input_embeddings()(ids)
+    both = decoder(thoughts, embeds, ids, mask)
+    one = decoder(thoughts[:1], embeds[:1], ids[:1], mask[:1])
+    two = decoder(thoughts[1:], embeds[1:, :2], ids[1:, :2], mask[1:, :2])
+    torch.testing.assert_close(both, (one + two) / 2)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_teacher, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim_cot")
+    cfg = DistillConfig(method="sim_cot", steps=9, batch_size=8, log_every=1, lr=3e-3, seed=0, threads=1,
+                        device="cpu", checkpoint_every=0, max_stage=2, steps_per_stage=3, thoughts_per_step=2)
+    rows = distill.run(cfg, str(tiny_teacher.teacher), str(tiny_teacher.train), str(root / "student"),
+                       metrics=str(root / "metrics.jsonl"))
+    return {"root": root, "rows": rows, "cfg": cfg}
+
+
+def test_sim_cot_trains_logs_the_decoder_and_counts_its_flops(trained, tiny_teacher):
+    rows = trained["rows"]
+    assert [int(r["stage"]) for r in rows] == [1] * 3 + [2] * 3 + [3] * 3
+    assert all(math.isfinite(r["decoder"]) and r["decoder"] > 0 for r in rows)
+    assert all(r["loss"] == pytest.approx(r["task"] + r["decoder"], rel=1e-5) for r in rows)   # decoder_weight 1
+    # the same steps as Coconut cost more: the decoder's forward and backward are counted
+    coconut = DistillConfig(method="coconut", steps=9, batch_size=8, log_every=1, lr=3e-3, seed=0, threads=1,
+                            device="cpu", checkpoint_every=0, max_stage=2, steps_per_stage=3, thoughts_per_step=2)
+    plain = distill.run(coconut, str(tiny_teacher.teacher), str(tiny_teacher.train),
+                        str(trained["root"] / "coconut"))
+    assert all(s["flops"] > c["flops"] for s, c in zip(rows, plain))
+    assert [r["task"] for r in rows][0] == pytest.approx(plain[0]["task"], rel=1e-6)   # same first batch and model
+
+
+def test_saved_sim_cot_student_is_a_coconut_checkpoint(trained, tiny_teacher):
+    """The decoder is dropped: the same tensors as a Coconut student (no extra parameters), K = max_stage * c,
+    hidden-state feedback; it evaluates like any latent student."""
+    student_dir = trained["root"] / "student"
+    weights = load_file(str(student_dir / "model.safetensors"))
+    teacher = load_file(str(tiny_teacher.teacher / "model.safetensors"))
+    assert weights.keys() == teacher.keys()
+    assert sum(t.numel() for t in weights.values()) == sum(t.numel() for t in teacher.values())
+    assert not (student_dir / "projection.safetensors").exists()
+    assert json.loads((student_dir / "latent.json").read_text()) == {"latent_steps": 4, "feedback": "hidden"}
+    out = trained["root"] / "eval" / "test.jsonl"
+    evaluate.main(["--method", "sim_cot", "--model", str(student_dir), "--data", str(tiny_teacher.test), "--out",
+                   str(out), "--batch-size", "6", "--max-new-tokens", "8", *RUNTIME])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["latent_steps"] == 4 for r in rows)
+
+
+def test_decoder_loss_reaches_the_student_through_the_thoughts(tiny_teacher):
+    """With the answer loss left out, the decoder's term alone still moves the student's weights:
+    the thoughts are not detached (as in the reference)."""
+    cfg = DistillConfig(method="sim_cot", steps=9, batch_size=4, seed=0, threads=1, device="cpu",
+                        max_stage=2, steps_per_stage=3, thoughts_per_step=2)
+    student, tok = distill.build_student(cfg, str(tiny_teacher.teacher))
+    from lori.data.records import read_records
+
+    records = read_records(tiny_teacher.train)
+    recipe = sim_cot.build(cfg.args, RecipeContext(student, tok, records, "cpu", 0, cfg.steps))
+    assert isinstance(student.step_decoder, StepDecoder)
+    recipe.on_step(0)
+    terms = recipe.loss_step([0, 1, 2, 3])
+    student.zero_grad()
+    terms["decoder"].backward()
+    layer = student.model.model.layers[-1].mlp.down_proj.weight
+    assert layer.grad is not None and layer.grad.abs().sum() > 0
+    assert student.step_decoder.lm.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
