@@ -56,10 +56,13 @@ def test_default_config_loads_with_defaults(raw):
                                     "min_steps": None, "max_steps": None}
     assert cfg["data"]["benchmarks"]["longer"]["min_steps"] == 5
     assert cfg["data"]["quickstart"] == {"min_steps": 1, "max_steps": 4, "max_value": 10, "wrap": True}
-    # the LoRi the README reports: the method as described (projection feedback) plus our stages and step anchors
+    # `lori` is the method as described; `lori_steps` adds our stage curriculum and step anchors
     lori = cfg["distill"]["lori"]
-    assert (lori["latent_steps"], lori["cot_stages"], lori["steps_per_stage"]) == (4, 4, 300)
-    assert (lori["step_anchor"], lori["step_summary"], lori["lr"]) == (3.0, "result", 2e-3)
+    assert (lori["latent_steps"], lori["cot_stages"], lori["step_anchor"], lori["alpha"], lori["gamma"]) == (4, 0, 0, 1, 1)
+    assert "lr" not in lori                        # the method as described: common's rate
+    steps = cfg["sweep"]["lori_steps"]
+    assert (steps["cot_stages"], steps["steps_per_stage"], steps["step_anchor"]) == (4, 300, 3.0)
+    assert (steps["step_summary"], steps["lr"]) == ("result", 2e-3)
     assert "feedback" not in lori and LoriArgs().feedback == "projection"
     assert "report" in raw and cfg["report"]["title"] == "LoRi quickstart"
 
