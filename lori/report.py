@@ -58,10 +58,12 @@ from lori.analysis.runs import (
 from lori.analysis.stats import agreement
 from lori.analysis.tables import (
     AGREEMENT_NOTE,
+    ATTRIBUTION_NOTE,
     RESULTS_NOTE,
     STEPS_NOTE,
     ablation_table,
     agreement_table,
+    attribution_table,
     factors_note,
     factors_table,
     results_table,
@@ -80,6 +82,8 @@ class ReportConfig:
     run: str = ""
     thought_examples: int = 3          # test problems whose latent thoughts are decoded in the report (0: none)
     sweep: dict = field(default_factory=dict)   # the run's sweep variants (the ablation table)
+    # method -> {step information -> the student of that cell, or why it is empty} (the attribution table)
+    attribution: dict = field(default_factory=dict)
 
 
 def _thoughts_section(cfg: ReportConfig, evals: list[str], summaries: list[dict], students: Sequence[str],
@@ -132,6 +136,11 @@ def run(cfg: ReportConfig, evals: list[str], out: str, factors_path: str | None 
     if any(s["bench"] in BENCHES for s in summaries):
         sections.append(render.table_section("Published numbers (other base models)", published_table(),
                                              PUBLISHED_NOTE))
+    for bench in dict.fromkeys(s["bench"] for s in summaries) if cfg.attribution else ():
+        table = attribution_table(summaries, cfg.attribution, bench)
+        if table:
+            sections.append(render.table_section(f"Attribution: step information x method ({bench})", table,
+                                                 ATTRIBUTION_NOTE))
     if cfg.sweep:
         sections.append(render.table_section("Ablations", ablation_table(summaries, cfg.sweep)))
     if pairs:

@@ -7,7 +7,8 @@ One place decides what a run trains, so the Snakefile, the stages and the report
   (``lori_no_cov: {method: lori, w_cov: 0}``) — the ablations;
 - ``seeds:`` trains every variant once per seed. The first seed's student is
   ``students/<variant>``, the others ``students/<variant>-seed<k>`` (so a one-seed run keeps
-  the plain names);
+  the plain names); a sweep variant's own ``seeds:`` replace the run's for that variant (more
+  seeds for a headline pair without multiplying every other student);
 - a LoRi variant may set the factor ranks (``lori_r1x8: {method: lori, rank_layer: 1, rank_hidden: 8}``):
   it gets its own factors and targets (``lowrank/factors-rl1-rh8.zarr``, ``targets/train-rl1-rh8.zarr``,
   :func:`lowrank_tag`), so a rank sweep runs in one DAG beside the other ablations;
@@ -26,7 +27,7 @@ from pathlib import Path
 
 SEED_SUFFIX = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 FACTOR_KNOBS = {"rank_layer": "rl", "rank_hidden": "rh"}   # variant keys that change the factors (tag prefix)
-VARIANT_ONLY = ("method", "match_compute", *FACTOR_KNOBS)   # variant keys that are not distill knobs
+VARIANT_ONLY = ("method", "match_compute", "seeds", *FACTOR_KNOBS)   # variant keys that are not distill knobs
 #: a factor-rank tag (:func:`lowrank_tag`); also the Snakemake wildcard constraint of the rank
 #: rules, so it has no (named) groups of its own
 LOWRANK_TAG = r"(?:rl[1-9]\d*)?-?(?:rh[1-9]\d*)?"
@@ -55,9 +56,12 @@ def split_student(name: str) -> tuple[str, int | None]:
 
 
 def student_runs(config: dict) -> dict[str, tuple[str, int]]:
-    """Every student the run trains: name -> (variant, seed), variants in config order."""
+    """Every student the run trains: name -> (variant, seed), variants in config order. A sweep
+    variant's own ``seeds`` (e.g. more seeds for a headline pair) replace the run's for it; names
+    follow the run's seeds (the run's first seed is the plain name)."""
     seeds = seeds_of(config)
-    return {student_name(v, s, seeds): (v, s) for v in variants(config) for s in seeds}
+    return {student_name(v, s, seeds): (v, s) for v, spec in variants(config).items()
+            for s in (spec.get("seeds") or seeds)}
 
 
 def student_config(config: dict, name: str) -> dict:
@@ -118,7 +122,12 @@ def check_sweep(config: dict) -> list[str]:
         if ranks and spec["method"] != "lori":
             problems.append(f"sweep.{name}: {', '.join(ranks)} change LoRi's factors; method '{spec['method']}' "
                             "does not use them")
+        own = spec.get("seeds")
+        if own is not None and (len(set(own)) != len(own) or not own):
+            problems.append(f"sweep.{name}.seeds: a non-empty list of distinct seeds, got {own}")
         match = spec.get("match_compute")
+        if match and own is not None:
+            problems.append(f"sweep.{name}: a compute-matched variant takes the run's seeds (its ref's)")
         if match:
             if match["to"] not in all_variants or match["to"] == name:
                 problems.append(f"sweep.{name}.match_compute.to: '{match['to']}' is not another student of this run "

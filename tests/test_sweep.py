@@ -26,7 +26,7 @@ def config_with(**changes) -> dict:
 
 
 def test_one_seed_keeps_plain_names():
-    assert list(student_runs(load_config(DEFAULT_CONFIG))) == ["no_cot", "lori", "no_cot_flops"]
+    assert list(student_runs(load_config(DEFAULT_CONFIG))) == ["no_cot", "lori", "lori_steps", "no_cot_flops"]
 
 
 def test_seeds_and_variants_name_every_student():
@@ -36,6 +36,15 @@ def test_seeds_and_variants_name_every_student():
                     "lori-seed7": ("lori", 7), "lori_no_cov": ("lori_no_cov", 3), "lori_no_cov-seed7": ("lori_no_cov", 7)}
     for name, (variant, seed) in runs.items():
         assert split_student(name) == (variant, None if seed == 3 else seed)
+
+
+def test_a_variant_s_own_seeds_replace_the_run_s_for_it():
+    """Five seeds for a headline pair without five of every student: names follow the run's first seed."""
+    config = config_with(seeds=[0, 1, 2], sweep={"pair": {"method": "lori", "w_cov": 0.0, "seeds": [0, 1, 2, 3, 4]}})
+    runs = student_runs(config)
+    assert [n for n in runs if n.startswith("pair")] == ["pair", *(f"pair-seed{k}" for k in (1, 2, 3, 4))]
+    assert [n for n in runs if n.startswith("no_cot")] == ["no_cot", "no_cot-seed1", "no_cot-seed2"]
+    assert "seeds" not in student_config(config, "pair-seed4")       # not a distill knob
 
 
 def test_variant_overrides_its_method_block():
@@ -82,6 +91,7 @@ def test_matched_variant_reads_same_seed_students():
     ({"sweep": {"r": {"method": "no_cot", "rank_layer": 1}}}, "rank_layer change LoRi's factors"),
     ({"sweep": {"r": {"method": "lori", "rank_hidden": 0}}}, "rank_hidden"),
     ({"seeds": [1, 1]}, "repeated seed"),
+    ({"sweep": {"x": {"method": "lori", "seeds": [2, 2]}}}, "distinct seeds"),
     ({"seeds": []}, "seeds"),
 ])
 def test_bad_sweeps_are_refused(changes, message):

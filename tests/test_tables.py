@@ -110,3 +110,26 @@ def test_accuracy_by_steps_pools_seeds_per_step_count():
     assert by[("test", "no_cot")]["2 steps"] == "50.0 (2)" and by[("test", "no_cot")]["4 steps"] == "0.0 (1)"
     assert [r[1] for r in table] == ["no_cot", "codi", "lori"]    # the report's method order
     assert steps_table({("lori", "longer"): [(5, True)], ("no_cot", "svamp"): [(0, False)]}) is None
+
+
+def test_attribution_table_puts_each_cell_s_seeds_where_the_layout_says():
+    from lori.analysis.tables import attribution_table
+
+    summaries = [summary("lori", "test", 20), summary("lori-seed1", "test", 30), summary("lori_steps", "test", 95),
+                 summary("coconut", "test", 15), summary("sim_cot", "test", 40), summary("pause", "test", 12),
+                 summary("lori", "longer", 5)]
+    layout = {"LoRi": {"none": "lori", "step anchors (core)": "lori_steps"},
+              "Coconut": {"none": "coconut", "SIM-CoT decoder": "sim_cot"},
+              "pause": {"none": "pause", "SIM-CoT decoder": "nothing is fed back to decode"}}
+    header, rows = attribution_table(summaries, layout, "test")
+    assert header == ["method", "none", "step anchors (core)", "SIM-CoT decoder"]
+    by = {r[0]: dict(zip(header, r)) for r in rows}
+    lo, hi = wilson_interval(50, 200)
+    assert by["LoRi"]["none"] == f"25.0 ± 7.1 [{100 * lo:.1f}, {100 * hi:.1f}] (2) `lori`"
+    assert by["LoRi"]["step anchors (core)"].startswith("95.0 [") and by["LoRi"]["SIM-CoT decoder"] == "—"
+    assert by["Coconut"]["step anchors (core)"] == "—" and by["Coconut"]["SIM-CoT decoder"].startswith("40.0")
+    assert by["pause"]["SIM-CoT decoder"] == "— (nothing is fed back to decode)"
+    # a benchmark none of the cells' students was evaluated on: no table
+    assert attribution_table(summaries, layout, "svamp") is None
+    header, rows = attribution_table(summaries, layout, "longer")
+    assert rows[0][1].startswith("5.0 [") and rows[1][1] == "—"

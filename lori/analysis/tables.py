@@ -134,6 +134,37 @@ def ablation_table(summaries: list[dict], sweep: dict[str, dict]) -> Table:
     return header, rows
 
 
+ATTRIBUTION_NOTE = ("Rows: latent methods; columns: the step-level information each student gets from the "
+                    "teacher (config report.attribution names the student of each cell). Accuracy: mean ± sample sd "
+                    "over seeds [Wilson 95% CI on all seeds' problems pooled] (seeds); the training cost of each cell "
+                    "is in the Results table (the cells are meant to be at equal training FLOPs). A cell that names "
+                    "no student of the run shows its text: why it is empty.")
+
+
+def attribution_table(summaries: list[dict], layout: dict[str, dict[str, str]], bench: str) -> Table | None:
+    """Methods x step information on one benchmark. ``layout``: row -> {column -> variant, or the
+    reason the cell is empty}; None when no cell's student was evaluated on ``bench``."""
+    groups = group_by_variant(summaries)
+    evaluated = {variant for variant, _ in groups}
+    columns = list(dict.fromkeys(c for cells in layout.values() for c in cells))
+    rows, found = [], False
+    for row, cells in layout.items():
+        out = [row]
+        for column in columns:
+            entry = cells.get(column)
+            group = groups.get((entry, bench)) if entry else None
+            if group:
+                found = True
+                lo, hi = wilson_interval(sum(s["correct"] for s in group), sum(s["n"] for s in group))
+                out.append(f"{_mean_sd([s['accuracy'] for s in group])} [{_pct(lo)}, {_pct(hi)}] ({len(group)}) "
+                           f"`{entry}`")
+            else:
+                # a student of the run not evaluated here (or not yet), or the reason a cell is empty
+                out.append("—" if entry is None or entry in evaluated else f"— ({entry})")
+        rows.append(out)
+    return (["method", *columns], rows) if found else None
+
+
 STEPS_NOTE = ("Accuracy % on the problems whose reference CoT has that many steps (n problems, all seeds pooled). "
               "Where accuracy falls with the step count, the method does not carry a chain of intermediate "
               "results; a latent method whose thoughts do carry it keeps more of its accuracy on long chains.")
