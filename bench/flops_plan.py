@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--configfile", required=True, help="the profile whose students to plan")
     ap.add_argument("--to", required=True, help="the reference student (a variant name)")
     ap.add_argument("--samples", type=int, default=48, help="steps whose loss runs per student (spread evenly)")
+    ap.add_argument("--students", nargs="*", help="plan only these variants (and the reference)")
     args = ap.parse_args()
     _, run = setup(args, ["teacher", "teacher_cot/train.jsonl"])
     config = load_config(args.configfile)
@@ -62,6 +63,8 @@ def main() -> None:
     first_seed = config.get("seeds", [config["seed"]])[0] if config.get("seeds") else config["seed"]
     names = [n for n, (_, seed) in student_runs(config).items() if seed == first_seed
              and not (config.get("sweep") or {}).get(n, {}).get("match_compute")]   # matched ones follow their ref
+    if args.students:
+        names = [n for n in names if n in args.students or n == args.to]
     totals = {}
     for name in names:
         cfg = student_cfg(config, name)
