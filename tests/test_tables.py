@@ -118,18 +118,21 @@ def test_attribution_table_puts_each_cell_s_seeds_where_the_layout_says():
     summaries = [summary("lori", "test", 20), summary("lori-seed1", "test", 30), summary("lori_steps", "test", 95),
                  summary("coconut", "test", 15), summary("sim_cot", "test", 40), summary("pause", "test", 12),
                  summary("lori", "longer", 5)]
-    layout = {"LoRi": {"none": "lori", "step anchors (core)": "lori_steps"},
-              "Coconut": {"none": "coconut", "SIM-CoT decoder": "sim_cot"},
-              "pause": {"none": "pause", "SIM-CoT decoder": "nothing is fed back to decode"}}
+    layout = {"columns": ["none", "step anchors (core)", "SIM-CoT decoder"],
+              "rows": [["LoRi", "lori", "lori_steps"],                          # a short row: the rest empty
+                       ["Coconut", "coconut", "not run", "sim_cot"],
+                       ["pause", "pause", "pause_steps", "nothing is fed back to decode"]]}
     header, rows = attribution_table(summaries, layout, "test")
     assert header == ["method", "none", "step anchors (core)", "SIM-CoT decoder"]
     by = {r[0]: dict(zip(header, r)) for r in rows}
     lo, hi = wilson_interval(50, 200)
     assert by["LoRi"]["none"] == f"25.0 ± 7.1 [{100 * lo:.1f}, {100 * hi:.1f}] (2) `lori`"
     assert by["LoRi"]["step anchors (core)"].startswith("95.0 [") and by["LoRi"]["SIM-CoT decoder"] == "—"
-    assert by["Coconut"]["step anchors (core)"] == "—" and by["Coconut"]["SIM-CoT decoder"].startswith("40.0")
+    assert by["Coconut"]["step anchors (core)"] == "— (not run)" and by["Coconut"]["SIM-CoT decoder"].startswith("40.0")
     assert by["pause"]["SIM-CoT decoder"] == "— (nothing is fed back to decode)"
+    assert [r[0] for r in rows] == ["LoRi", "Coconut", "pause"]                  # the author's order
     # a benchmark none of the cells' students was evaluated on: no table
     assert attribution_table(summaries, layout, "svamp") is None
     header, rows = attribution_table(summaries, layout, "longer")
-    assert rows[0][1].startswith("5.0 [") and rows[1][1] == "—"
+    assert rows[0][1].startswith("5.0 [") and rows[1][1] == "—"                 # coconut: not evaluated there
+    assert rows[2][2] == "— (pause_steps)"     # named but never evaluated: shown as text (a typo shows)

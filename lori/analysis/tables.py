@@ -141,17 +141,18 @@ ATTRIBUTION_NOTE = ("Rows: latent methods; columns: the step-level information e
                     "no student of the run shows its text: why it is empty.")
 
 
-def attribution_table(summaries: list[dict], layout: dict[str, dict[str, str]], bench: str) -> Table | None:
-    """Methods x step information on one benchmark. ``layout``: row -> {column -> variant, or the
-    reason the cell is empty}; None when no cell's student was evaluated on ``bench``."""
+def attribution_table(summaries: list[dict], layout: dict, bench: str) -> Table | None:
+    """Methods x step information on one benchmark. ``layout``: ``{"columns": [column names],
+    "rows": [[row name, cell per column...]]}``, a cell naming the student variant of that cell or
+    the reason it is empty (lists: the order is the author's). None when no cell's student was
+    evaluated on ``bench``."""
     groups = group_by_variant(summaries)
     evaluated = {variant for variant, _ in groups}
-    columns = list(dict.fromkeys(c for cells in layout.values() for c in cells))
+    columns = list(layout.get("columns", []))
     rows, found = [], False
-    for row, cells in layout.items():
-        out = [row]
-        for column in columns:
-            entry = cells.get(column)
+    for name, *cells in layout.get("rows", []):
+        out = [name]
+        for entry in (cells + [None] * len(columns))[:len(columns)]:
             group = groups.get((entry, bench)) if entry else None
             if group:
                 found = True
