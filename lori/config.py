@@ -265,7 +265,10 @@ def stage_args(config: dict, stage: str, *, split: str | None = None, student: s
             return {**{k: v for k, v in config["factorize"].items() if k != "shards"}, **parse_lowrank_tag(ranks)}
         return dict(config["factorize"])
     if stage == "report":
-        return {**config["report"], "run": config["run"], "sweep": config["sweep"]}
+        report = {**config["report"], "run": config["run"], "sweep": config["sweep"]}
+        if not report.get("attribution"):
+            report.pop("attribution", None)     # no flag when off: existing runs' reports stay cached
+        return report
     if stage in ("teacher_cot", "targets", "evaluate"):
         return dict(config[stage])
     raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")

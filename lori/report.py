@@ -82,8 +82,8 @@ class ReportConfig:
     run: str = ""
     thought_examples: int = 3          # test problems whose latent thoughts are decoded in the report (0: none)
     sweep: dict = field(default_factory=dict)   # the run's sweep variants (the ablation table)
-    # method -> {step information -> the student of that cell, or why it is empty} (the attribution table)
-    attribution: dict = field(default_factory=dict)
+    # the attribution table: {"columns": [...], "rows": [[row, cell per column...]]} (None: no table)
+    attribution: dict | None = None
 
 
 def _thoughts_section(cfg: ReportConfig, evals: list[str], summaries: list[dict], students: Sequence[str],
