@@ -55,11 +55,11 @@ def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
     decoder = build_decoder(student, args.decoder_init)
     decoder_params = num_params(decoder)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # every record's steps tokenized once, as they appear in the CoT (" step"), each closed by <eos>
+    # every record's steps tokenized once, as they appear in the CoT (" step")
     flat = step_ids(tokenizer, [s for r in records for s in r.steps])
     targets, k = [], 0
     for r in records:
-        targets.append([ids + [eos] for ids in flat[k:k + len(r.steps)]])
+        targets.append(flat[k:k + len(r.steps)])
         k += len(r.steps)
 
     def decoder_term(out, idx: list[int], stage: int, thoughts: int):
@@ -71,7 +71,8 @@ def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
                 if steps:
                     rows.append(row)
                     cols.append(g)
-                    seqs.append([t for j in steps for t in targets[i][j]])
+                    # a group's steps joined, closed by one <eos> (the reference's target)
+                    seqs.append([t for j in steps for t in targets[i][j]] + [eos])
         if not seqs:
             zero = out.task_loss.new_zeros(())
             return {"decoder": zero}, zero, 0.0
