@@ -8,6 +8,10 @@ Looking at results:
                             decode a latent student's thoughts to tokens, beside the teacher's CoT
   probe --run RUN           where the teacher's trajectory holds each CoT step's result (linear probes)
 
+Using a trained model:
+  answer --model DIR "QUESTION"
+                            answer questions with a student or the teacher, decoded as evaluate decodes
+
 Pipeline stages (the same as ``python -m lori.<stage> ...``; Snakemake runs these for you):
   prepare_data, convert_model, teacher_sft, teacher_cot, dump_hidden, factorize, targets, distill, evaluate, report
 
@@ -25,6 +29,7 @@ COMMANDS = {
     "thoughts": "lori.thoughts",
     "compare": "lori.compare",
     "probe": "lori.probe",
+    "answer": "lori.answer",
     **{stage: f"lori.{stage}" for stage in ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_hidden", "factorize",
                                              "targets", "distill", "evaluate")},
     "report": "lori.report:cli",         # `lori report RUN`; with flags only, the stage CLI

@@ -24,6 +24,7 @@ EXPLAINS = {
     "compare": "paired exact McNemar",
     "report": "self-contained report.html",
     "probe": "logistic-regression probe",
+    "answer": "answer questions with a trained student",
 }
 STAGES = sorted(set(COMMANDS) - set(EXPLAINS))
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lori"
 STAGES = ("prepare_data", "convert_model", "teacher_sft", "teacher_cot", "dump_hidden", "factorize", "targets",
           "distill", "evaluate", "report")
-TOOLS = ("inspect", "compare", "thoughts", "probe", "harness", "__main__")
+TOOLS = ("inspect", "compare", "thoughts", "probe", "answer", "harness", "__main__")
 #: bottom to top; a module may import its own layer and the ones below, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # artifacts.store is the generic I/O every layer writes through (atomic writes, zarr helpers, ArtifactError)

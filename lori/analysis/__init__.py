@@ -7,7 +7,10 @@
 - :mod:`~lori.analysis.render`: Markdown / self-contained HTML pages;
 - :mod:`~lori.analysis.runs`: finding a run and reading its artifacts;
 - :mod:`~lori.analysis.provenance`: where a run's numbers come from (commit, config hash, versions, machine);
-- :mod:`~lori.analysis.logit_lens`: decoding latent thoughts (the only module here that needs torch).
+- :mod:`~lori.analysis.logit_lens`: decoding latent thoughts;
+- :mod:`~lori.analysis.student`: answering questions with a checkpoint (``lori.load_student``, ``lori answer``).
+
+``logit_lens``, ``step_probe`` and ``student`` import torch; the others do not.
 
 No module here imports a stage.
 """
