@@ -24,9 +24,9 @@ def test_default_config_dry_run_plans_every_stage(tmp_path):
     assert res.returncode == 0, res.stderr
     jobs = planned_jobs(res)
     assert STAGES <= set(jobs)
-    # cot_sft, no_cot, lori and the FLOPs-matched no_cot_flops, each on 2 benchmarks; train, the
-    # two benchmarks and the validation split
-    assert jobs["evaluate"] == 4 * 2 and jobs["distill"] == 3 and jobs["prepare_data"] == 4
+    # cot_sft, no_cot, lori, lori_steps and the FLOPs-matched no_cot_flops, each on 2 benchmarks;
+    # train, the two benchmarks and the validation split
+    assert jobs["evaluate"] == 5 * 2 and jobs["distill"] == 4 and jobs["prepare_data"] == 4
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
