@@ -19,7 +19,7 @@ TOOLS = ("inspect", "compare", "thoughts", "probe", "answer", "harness", "__main
 #: bottom to top; a module may import its own layer and the ones below, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # artifacts.store is the generic I/O every layer writes through (atomic writes, zarr helpers, ArtifactError)
-    ("ground", ("lori", "lori.hub", "lori.progress", "lori.sweep", "lori.config", "lori.artifacts.store")),
+    ("ground", ("lori", "lori.errors", "lori.hub", "lori.progress", "lori.sweep", "lori.config", "lori.artifacts.store")),
     ("data", ("lori.data",)),
     ("lowrank", ("lori.lowrank",)),
     ("artifacts", ("lori.artifacts",)),

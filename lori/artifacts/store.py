@@ -25,11 +25,9 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from lori.errors import ArtifactError  # noqa: F401  (re-exported: the stores' error)
+
 log = logging.getLogger("lori.artifacts")
-
-
-class ArtifactError(RuntimeError):
-    """A missing, incomplete or inconsistent artifact; the message names it."""
 
 
 class ArraySpec(NamedTuple):

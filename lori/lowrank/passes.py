@@ -28,7 +28,7 @@ from typing import Iterator, Union
 
 import numpy as np
 
-from lori.artifacts.store import ArtifactError
+from lori.errors import ArtifactError
 from lori.config import ConfigError
 from lori.lowrank.maths import (
     ExampleDiagnostics,
