@@ -106,12 +106,12 @@ def test_disk_estimate_is_logged_and_too_big_refused(run, tmp_path, monkeypatch,
     parts = partials(run, 2, tmp_path)
     capfd.readouterr()
     dump_hidden.main(["gather", *common(run, 2), "--parts", ",".join(parts), "--out", str(out)])
-    assert f"{out} will take about 0.1 MiB" in capfd.readouterr().err     # before writing
+    assert f"{out} will take about " in capfd.readouterr().err     # before writing
 
     class Tiny:
         free = 1000
     monkeypatch.setattr(shutil, "disk_usage", lambda _: Tiny)
-    with pytest.raises(ArtifactError, match="needs about .* GiB but only"):
+    with pytest.raises(ArtifactError, match="needs about .* but only 1000 B is free"):
         dump_hidden.main(["gather", *common(run, 2), "--parts", ",".join(parts), "--out", str(tmp_path / "h.zarr")])
     assert not (tmp_path / "h.zarr").exists()
 

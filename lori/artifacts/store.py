@@ -115,10 +115,18 @@ def check_disk_space(out: str | Path, needed: int, hint: str) -> None:
     parent = Path(out).resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
-    log.info("%s will take about %.1f MiB (%.1f GiB free)", out, needed / 2**20, free / 2**30)
+    log.info("%s will take about %s (%s free)", out, size_text(needed), size_text(free))
     if needed > 0.95 * free:
-        raise ArtifactError(f"{out}: needs about {needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free "
+        raise ArtifactError(f"{out}: needs about {size_text(needed)} but only {size_text(free)} is free "
                             f"on {parent}; {hint}")
+
+
+def size_text(n: float) -> str:
+    """Bytes in the unit that shows them with three significant digits: ``20.4 MiB``, ``1.25 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
 
 
 # ---------------------------------------------------------------- zarr
