@@ -191,3 +191,32 @@ def test_zarr_put_strings(tmp_path):
     assert g["example_id"].attrs["_ARRAY_DIMENSIONS"] == ["example"]
     assert list(read_array(g, "example_id")) == ["train-0", "ünï", ""]
     assert read_array(g, "no_ids").shape == (0,)
+
+
+def test_a_disk_that_fills_up_mid_write_is_one_error_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """ENOSPC during a write (after any free-space check passed), simulated: the stage raises one
+    ArtifactError naming its output, which the stages' hook prints as one `error:` line with exit 2,
+    and neither the output nor its temporary is left behind."""
+    import errno
+    from pathlib import Path
+
+    from lori import prepare_data
+    from lori.cli import _excepthook
+
+    real = Path.write_text
+
+    def full(self, data, *args, **kwargs):          # half the text lands, then the disk is full
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "data" / "train.jsonl"
+    with pytest.raises(ArtifactError) as e:
+        prepare_data.main(["--split", "train", "--kind", "quickstart", "--n", "20", "--out", str(out)])
+    assert not out.exists() and siblings(out) == []
+    capsys.readouterr()                               # the stage's log lines so far
+    with pytest.raises(SystemExit) as exit_:
+        _excepthook(type(e.value), e.value, None)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: no space left on device")

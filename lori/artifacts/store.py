@@ -15,6 +15,7 @@ described for users in docs/artifacts.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -48,7 +49,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     Works for files and directories (Zarr stores, checkpoints). On error the temporary
-    is removed and any existing ``path`` is left untouched.
+    is removed and any existing ``path`` is left untouched; a full disk (ENOSPC) becomes an
+    :class:`ArtifactError` naming ``path`` (one ``error:`` line from a stage, exit 2).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +68,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             if path.is_dir():
                 _remove(path)
             os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.errno == errno.ENOSPC:   # the disk filled up during the write (after any free-space check)
+            raise ArtifactError(f"{path}: no space left on device while writing it (nothing was kept); free "
+                                f"space on {path.parent} and rerun") from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
