@@ -142,10 +142,13 @@ def test_report_opens_with_provenance_and_has_one_accuracy_table(runs, tmp_path)
 def test_provenance_without_git_or_artifacts_says_unknown(tmp_path, monkeypatch):
     from lori.analysis import provenance as prov
 
-    assert prov.code_commit(tmp_path) == "unknown"             # not a checkout
+    import lori
+
+    # not a checkout (a source archive): it says where the code came from instead of a commit
+    assert prov.code_commit(tmp_path) == f"unknown (no git checkout: lori {lori.__version__} from {tmp_path.resolve()})"
     assert prov.cpu_model(tmp_path / "no-cpuinfo")             # falls back to platform
     monkeypatch.setenv("PATH", str(tmp_path))                  # no git at all
-    assert prov.code_commit() == "unknown"
+    assert prov.code_commit().startswith("unknown (no git checkout: lori ")
     facts = dict(prov.provenance(tmp_path, []))
     assert facts["run config hash"] == "unknown" and facts["training threads"] == "unknown"
 

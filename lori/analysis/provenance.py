@@ -32,17 +32,19 @@ def _git(repo: Path, *args: str) -> str:
 
 def code_commit(package: Path | None = None) -> str:
     """``<short commit>`` of the checkout the lori package runs from, ``" (dirty)"`` when tracked
-    files differ from it; "unknown" without git or for an installed (non-editable) copy."""
+    files differ from it. Without one (no git, a source archive, an installed copy) it says where
+    the code came from instead: ``unknown (no git checkout: lori 0.1.0 from /path/to/lori)``."""
     package = (package or Path(lori.__file__).parent).resolve()
+    origin = f"{UNKNOWN} (no git checkout: lori {lori.__version__} from {package})"
     try:
         top = Path(_git(package, "rev-parse", "--show-toplevel")).resolve()
         # an installed copy can sit inside some other repository (a venv in a checkout): not its commit
         if not (top / package.name / "__init__.py").samefile(package / "__init__.py"):
-            return UNKNOWN
+            return origin
         commit = _git(top, "rev-parse", "--short=12", "HEAD")
         dirty = _git(top, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return UNKNOWN
+        return origin
     return commit + (" (dirty)" if dirty else "")
 
 
