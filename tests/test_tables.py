@@ -121,7 +121,8 @@ def test_attribution_table_puts_each_cell_s_seeds_where_the_layout_says():
     layout = {"columns": ["none", "step anchors (core)", "SIM-CoT decoder"],
               "rows": [["LoRi", "lori", "lori_steps"],                          # a short row: the rest empty
                        ["Coconut", "coconut", "not run", "sim_cot"],
-                       ["pause", "pause", "pause_steps", "nothing is fed back to decode"]]}
+                       ["pause", "pause", "pause_steps", "nothing is fed back to decode"],
+                       ["No-CoT", "—", "—"]]}
     header, rows = attribution_table(summaries, layout, "test")
     assert header == ["method", "none", "step anchors (core)", "SIM-CoT decoder"]
     by = {r[0]: dict(zip(header, r)) for r in rows}
@@ -130,7 +131,8 @@ def test_attribution_table_puts_each_cell_s_seeds_where_the_layout_says():
     assert by["LoRi"]["step anchors (core)"].startswith("95.0 [") and by["LoRi"]["SIM-CoT decoder"] == "—"
     assert by["Coconut"]["step anchors (core)"] == "— (not run)" and by["Coconut"]["SIM-CoT decoder"].startswith("40.0")
     assert by["pause"]["SIM-CoT decoder"] == "— (nothing is fed back to decode)"
-    assert [r[0] for r in rows] == ["LoRi", "Coconut", "pause"]                  # the author's order
+    assert [r[0] for r in rows] == ["LoRi", "Coconut", "pause", "No-CoT"]        # the author's order
+    assert rows[3][1:] == ["—", "—", "—"]                                        # a bare dash stays one
     # a benchmark none of the cells' students was evaluated on: no table
     assert attribution_table(summaries, layout, "svamp") is None
     header, rows = attribution_table(summaries, layout, "longer")

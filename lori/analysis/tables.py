@@ -161,7 +161,7 @@ def attribution_table(summaries: list[dict], layout: dict, bench: str) -> Table 
                            f"`{entry}`")
             else:
                 # a student of the run not evaluated here (or not yet), or the reason a cell is empty
-                out.append("—" if entry is None or entry in evaluated else f"— ({entry})")
+                out.append("—" if entry in (None, "", "—") or entry in evaluated else f"— ({entry})")
         rows.append(out)
     return (["method", *columns], rows) if found else None
 
