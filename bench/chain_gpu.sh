@@ -22,6 +22,8 @@ step $PY bench/train_step.py $bt --scratch quickstart --batch-size 32 --latent-s
 step $PY bench/train_step.py $bt --scratch smollm2 --batch-size "$SMOL_BATCH" --latent-steps 4 --steps "$STEPS"
 step $PY bench/train_step.py $bt --scratch smollm2 --batch-size "$SMOL_BATCH" --latent-steps 6 --steps "$STEPS"
 step $PY bench/inference.py --device "$DEVICE" --threads 8 --scratch quickstart --n "$N" --batch-size 64 1
+# the baselines as their reference code runs them vs lori's recipes (bf16 autocast on CUDA)
+step $PY bench/peers.py --device "$DEVICE" --threads 8 --shapes quickstart smollm2 --steps "$STEPS"
 if [ "$DEVICE" = cuda ]; then
   step $PY bench/mfu.py --batch-size 64 --steps 10
   step $PY bench/mfu.py --batch-size 64 --steps 10 --compile
