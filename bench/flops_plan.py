@@ -45,7 +45,7 @@ def plan(cfg: DistillConfig, teacher: str, records, samples: int) -> tuple[float
     torch.manual_seed(cfg.seed)
     student, tok = build_student(cfg, teacher)
     recipe = RECIPES[cfg.method](cfg.args, RecipeContext(student, tok, records, torch.device("cpu"), cfg.seed,
-                                                         cfg.steps))
+                                                         cfg.steps, teacher=teacher))
     return planned_flops(recipe.loss_step, recipe.on_step, batches(len(records), cfg.batch_size, cfg.seed),
                          cfg.steps, samples)
 

@@ -370,7 +370,8 @@ def _help_index() -> dict[str, list[tuple[str, dict]]]:
 # where a stage's flags live in the config when not under its own section (stage_args maps them)
 _HELP_SECTIONS = {"prepare_data": ("$defs.dataset", "data.quickstart"), "convert_model": ("model",),
                   "teacher_sft": ("model", "runtime"), "distill": ("distill.common", "$defs.method", "$defs.codi",
-                                                                   "$defs.coconut", "$defs.icot_si", "$defs.pause", "$defs.sim_cot",
+                                                                   "$defs.coconut", "$defs.icot_si", "$defs.icot_kd", "$defs.pause",
+                                                                   "$defs.sim_cot",
                                                                    "$defs.variant", "runtime")}
 _ALIASES = {("convert_model", "src"): "name_or_path"}     # stage_args renames these config keys
 

@@ -1,4 +1,5 @@
-r"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``icot_si``, ``pause``) with the shared loop.
+r"""Stage ``distill``: train one student (``lori``, ``no_cot``, ``codi``, ``coconut``, ``sim_cot``, ``icot_si``,
+``icot_kd``, ``pause``) with the shared loop.
 
 Each method is a recipe (:mod:`lori.training.recipes`): its typed knobs
 (:mod:`lori.training.recipes.args`, with the papers' defaults) and its loss step, one module per
@@ -7,7 +8,8 @@ method; this stage loads the inputs, builds the student and runs the shared loop
 
 Reads the teacher checkpoint (initialisation), ``teacher_cot/train.jsonl`` and, when LoRi's
 alpha or gamma > 0, ``targets/train.zarr`` + ``lowrank/factors.zarr``. Writes
-``students/<method>/`` (safetensors, HF layout, ``projection.safetensors`` | ``pause.safetensors``, ``latent.json``,
+``students/<method>/`` (safetensors, HF layout, ``projection.safetensors`` | ``pause.safetensors`` |
+``vertical.safetensors`` (iCoT-KD's emulator), ``latent.json``,
 ``train_config.json``) and ``students/<method>_metrics.jsonl``; while training, a resumable
 checkpoint ``students/<method>.ckpt/`` (:mod:`lori.training.loop`). With ``--val`` and
 ``--eval-every N`` the student is evaluated on the validation records every N steps, decoded as
@@ -57,7 +59,7 @@ log = logging.getLogger("lori.distill")
 
 @dataclass
 class _DistillBase(OptimConfig):
-    method: str = "lori"                 # lori | no_cot | codi | coconut | sim_cot | icot_si | pause (lori.training.recipes)
+    method: str = "lori"                 # lori | no_cot | codi | coconut | sim_cot | icot_si | icot_kd | pause (lori.training.recipes)
     init: Literal["teacher", "base"] = "teacher"   # start from the CoT teacher or re-initialise its architecture
     length_curriculum: int = 0           # optimizer steps per chain-length stage: shortest CoTs first (0 = off)
     seed: int = 0
@@ -123,8 +125,13 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
 
     from lori.model.latent import LatentStudent
 
+    from lori.model.vertical import Vertical
+
+    vertical = student.vertical
+    fresh = None if vertical is None else Vertical.from_config(
+        student.model.config, vertical.mixture.weight.shape[0], vertical.mixture_temperature)
     return LatentStudent(AutoModelForCausalLM.from_config(student.model.config), student.latent_steps,
-                         student.bot_id, student.eot_id, feedback=student.feedback)
+                         student.bot_id, student.eot_id, feedback=student.feedback, vertical=fresh)
 
 
 def load_teacher_statistics(cfg: DistillConfig, targets_path: str | None, factors_path: str | None, records,
@@ -232,7 +239,7 @@ def run(cfg: DistillConfig, teacher: str, records_path: str, out: str, targets_p
     log.info("student '%s': %.2fM parameters, K=%d, %s, %d examples, device %s", cfg.method,
              num_params(student) / 1e6, cfg.args.latent_steps, cfg.args, len(records), device)
     recipe = RECIPES[cfg.method](cfg.args, RecipeContext(student, tokenizer, records, device, cfg.seed, cfg.steps,
-                                                         targets, factors, steps))
+                                                         targets, factors, steps, teacher))
     # decoded the way `evaluate` decodes this student: K latent thoughts (0: No-CoT, iCoT-SI), then the answer
     evaluator = validation_evaluator(student, tokenizer, val, cfg, device)
     stream = curriculum_stream(cfg, records)

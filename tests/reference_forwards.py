@@ -16,7 +16,12 @@ lori's machinery (no :class:`lori.model.latent.LatentStudent`, no fused chain, n
   through the projection, the answer block, the teacher pass twice (``no_grad`` for the distilled
   states, with grad for its cross-entropy), smooth-L1 / std over every layer at the answer position;
 - iCoT-SI (da03/Internalize_CoT_Step_by_Step, ``src/train.py``): the CoT batch, tokens removed from
-  the front of each row's CoT (capped at its end), re-batched, cross-entropy of the model's forward.
+  the front of each row's CoT (capped at its end), re-batched, cross-entropy of the model's forward;
+- iCoT-KD (da03/implicit_chain_of_thought, ``src/models/{teacher,student,emulator}.py`` and
+  ``modeling_gpt2_implicit.py``): the teacher's states on the diagonal of the right-padded CoT batch,
+  the student's and the emulator's one forward over the right-padded batch with each block's input
+  replaced at the row's separator (the reference edits GPT-2's block loop; here a pre-hook per block
+  of the plain HF model does the same), the emulator's MLP / LSTM / attention-over-layers step.
 
 Where lori differs from a reference, the function takes a keyword whose *default is the reference's
 behaviour*; ``LORI_CHOICES[method]`` holds lori's values, and docs/method.md ("Baseline fidelity")
@@ -46,6 +51,7 @@ LORI_CHOICES: dict[str, dict] = {
     "sim_cot": {"join": "reference", "empty_groups": "skip", "reduction": "step_mean", "first_position": 0},
     "codi": {"mask_padding": True, "student_targets": "answer"},
     "icot_si": {"label_pad": "ignore"},
+    "icot_kd": {"row_delta": "own"},
 }
 
 
@@ -385,3 +391,126 @@ def icot_si_loss(model, ps: list[Pieces], to_remove: list[int], eos: int, label_
     lab = torch.tensor([l + [fill] * (width - len(l)) for l in cut_labels], device=dev)
     loss = _shifted_ce(model(input_ids=ids).logits, lab)
     return {"loss": loss, "task": loss}
+
+
+# ----------------------------------------------------------------------------- iCoT-KD
+def _block_list(model):
+    base = model.base_model if hasattr(model, "base_model") else model
+    return list(getattr(base, "layers", None) or base.model.layers)[: model.config.num_hidden_layers]
+
+
+def _with_block_edits(model, edit, **kwargs):
+    """``model(**kwargs)`` with ``edit(i, h) -> h`` applied to block i's input (the reference's edited loop)."""
+    handles = []
+    for i, block in enumerate(_block_list(model)):
+        def pre(module, args, kw, i=i):
+            if args:
+                return (edit(i, args[0]), *args[1:]), kw
+            return args, {**kw, "hidden_states": edit(i, kw["hidden_states"])}
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        return model(**kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def icot_kd_teacher_states(teacher, ps: list[Pieces], pad_id: int, row_delta: str = "first") -> torch.Tensor:
+    """``Teacher.extract_states(subset='diagonal', delta='dynamic')`` on ``question CoT #### answer``:
+    [B, L, d]. The separators are the prompt's last token and the answer prompt's last token. The
+    reference computes the dynamic delta on the first row and, the variable being overwritten, keeps it
+    for the other rows (``row_delta: first``); lori computes each row's own (``own``)."""
+    dev = teacher.get_input_embeddings().weight.device
+    rows = [p.question + p.cot + p.answer_prompt + p.answer for p in ps]
+    ids, mask = _pad_right(rows, pad_id, dev)
+    with torch.no_grad():
+        hidden = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
+    n_layers = len(hidden)
+    layer_ids = torch.arange(n_layers, device=dev)
+    delta = None
+    out = []
+    for b, p in enumerate(ps):
+        first = len(p.question) - 1
+        last = len(p.question) + len(p.cot) + len(p.answer_prompt) - 1
+        if delta is None or row_delta == "own":
+            delta = (last - first) / (n_layers - 1)
+        pos = torch.round(first + layer_ids * torch.tensor(delta, dtype=torch.float64)).clamp(max=last).long()
+        out.append(torch.stack([hidden[l][b, pos[l]] for l in range(n_layers)]))
+    z = torch.stack(out).float()
+    return F.layer_norm(z, z.shape[-1:])
+
+
+def _student_rows(ps: list[Pieces], pad_id: int, dev):
+    """The no-CoT batch ``question #### answer`` right-padded, labels from the answer prompt on."""
+    rows = [p.question + p.answer_prompt + p.answer for p in ps]
+    ids, mask = _pad_right(rows, pad_id, dev)
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    for b, p in enumerate(ps):
+        labels[b, : len(p.question) + len(p.answer_prompt)] = IGNORE   # the answer and its <eos>
+    return ids, mask, labels
+
+
+def icot_kd_student_loss(model, read_mlps, ps: list[Pieces], states: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``Student.compute_loss``: project each layer's state by its MLP, replace block l's input at
+    the separator by it, cross-entropy of the answer."""
+    dev = model.get_input_embeddings().weight.device
+    ids, mask, labels = _student_rows(ps, pad_id, dev)
+    seps = [len(p.question) - 1 for p in ps]
+    projected = [read_mlps[l](states[:, l]) for l in range(states.shape[1])]
+
+    def edit(i, h):
+        h = h.clone()
+        for b, sep in enumerate(seps):
+            h[b, sep] = projected[i][b].to(h.dtype)
+        return h
+
+    out = _with_block_edits(model, edit, input_ids=ids, attention_mask=mask)
+    return _shifted_ce(out.logits, labels)
+
+
+def icot_kd_emulate(emulator, heads, mixture, rnn, key_proj, query_proj, out_proj, ps: list[Pieces], pad_id: int,
+                    temperature: float) -> torch.Tensor:
+    """``Emulator.forward`` on the questions (right-padded, cut after the longest separator): before
+    block l, ``f_l = mlp_l([z_l, mixture])`` at the separator, then the LSTM over layers with attention
+    on the earlier layers' keys; its output replaces the state. Returns the ``f_l``: [B, L, d]."""
+    dev = emulator.get_input_embeddings().weight.device
+    ids, mask = _pad_right([p.question for p in ps], pad_id, dev)
+    seps = torch.tensor([len(p.question) - 1 for p in ps], device=dev)
+    f_all, st = [], {"rnn": None, "keys": None, "context": None}
+    weight = mixture.weight
+
+    def edit(i, h):
+        z = h[torch.arange(h.shape[0], device=dev), seps]
+        if weight.shape[0] == 1:
+            mix = weight.expand(h.shape[0], -1)
+        else:
+            mix = (z @ weight.T / temperature).softmax(dim=-1) @ weight
+        f = heads[i](torch.cat((z, mix), dim=-1))
+        f_all.append(f)
+        if st["context"] is None:
+            st["context"] = f.new_zeros(f.shape)
+        output, st["rnn"] = rnn((f + st["context"]).unsqueeze(0), st["rnn"])
+        output = output.squeeze(0)
+        current_key = key_proj(output)
+        if st["keys"] is not None:
+            attn = torch.bmm(st["keys"], query_proj(output).unsqueeze(-1)).softmax(dim=1)
+            st["context"] = torch.bmm(attn.squeeze(-1).unsqueeze(1), st["keys"]).squeeze(1)
+            st["keys"] = torch.cat((st["keys"], current_key.unsqueeze(1)), dim=1)
+        else:
+            st["keys"] = current_key.unsqueeze(1)
+        nxt = out_proj(torch.cat((output, st["context"]), dim=-1))
+        h = h.clone()
+        for b in range(h.shape[0]):
+            h[b, seps[b]] = nxt[b].to(h.dtype)
+        return h
+
+    _with_block_edits(emulator, edit, input_ids=ids, attention_mask=mask)
+    return torch.stack(f_all, dim=1)
+
+
+def icot_kd_emulator_loss(emulated: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
+    """``Emulator.compute_loss``: per layer MSE summed over the hidden size, halved, summed over layers, batch mean."""
+    loss = 0
+    for l in range(teacher_states.shape[1]):
+        loss = loss + F.mse_loss(teacher_states[:, l], emulated[:, l], reduction="none").sum(-1) / 2
+    return loss.mean()

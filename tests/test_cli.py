@@ -123,7 +123,7 @@ def test_flag_help_comes_from_the_schema_and_the_config_dataclass(capsys):
     assert "true | false; default: true" in factorize["--center"]
     distill = help_entries(help_text("distill", capsys))
     assert "default: lori 200, no_cot 200, coconut 200, icot_si 100" in distill["--steps-per-stage"]   # each Args default
-    assert "no_cot | lori | codi | coconut | icot_si | pause" in distill["--method"]
+    assert "no_cot | lori | codi | coconut | icot_si | icot_kd | pause" in distill["--method"]
     assert "hosvd" not in distill["--method"]                      # not factorize's key of the same name
     assert "generator seed" not in distill["--seed"]               # nor a dataset's seed
 

@@ -1,6 +1,6 @@
 """Baseline fidelity: each baseline recipe (lori/training/recipes/) computes the same training loss, and
 the same gradients on every trained parameter, as an independent re-implementation of its reference
-code's training forward (tests/reference_forwards.py: Coconut, SIM-CoT, CODI, iCoT-SI), on the tiny
+code's training forward (tests/reference_forwards.py: Coconut, SIM-CoT, CODI, iCoT-SI, iCoT-KD), on the tiny
 model and one batch of 4.
 
 Where lori deliberately differs from a reference, the re-implementation is run with lori's choice
@@ -19,7 +19,7 @@ from lori.data.records import read_records
 from lori.distill import DistillConfig
 from lori.model.sequences import StudentBatch, drop_cot_tokens
 from lori.model.step_decoder import step_groups
-from lori.training.recipes import codi, icot_si, sim_cot, stages
+from lori.training.recipes import codi, icot_kd, icot_si, sim_cot, stages
 from lori.training.recipes.base import RecipeContext
 from lori.training.recipes.registry import RECIPES
 from tests import reference_forwards as ref
@@ -45,7 +45,8 @@ def build(tiny_teacher, records, method: str, **knobs):
     """A fresh student (the tiny teacher) and the method's recipe, as the distill stage builds them."""
     cfg = DistillConfig(method=method, threads=1, device="cpu", **knobs)
     student, tok = distill.build_student(cfg, str(tiny_teacher.teacher))
-    recipe = RECIPES[method](cfg.args, RecipeContext(student, tok, records, torch.device("cpu"), cfg.seed, cfg.steps))
+    recipe = RECIPES[method](cfg.args, RecipeContext(student, tok, records, torch.device("cpu"), cfg.seed, cfg.steps,
+                                                     teacher=str(tiny_teacher.teacher)))
     return student, tok, recipe, cfg.args
 
 
@@ -220,3 +221,48 @@ def test_icot_si_loss_and_gradients_match_the_reference(tiny_teacher, batch, rem
         mutated.on_step(removed)
         with pytest.raises(AssertionError):
             check_parity(mutated.loss_step(idx)["loss"], reference(m_student), trained(m_student))
+
+
+# ----------------------------------------------------------------------------- iCoT-KD
+@pytest.mark.parametrize("phase", icot_kd.PHASES)
+def test_icot_kd_loss_and_gradients_match_the_reference(tiny_teacher, batch, phase, monkeypatch):
+    """Each phase's loss on one batch: mind-reading (the student reads the teacher's diagonal states),
+    emulation (the emulator regresses them), coupled (the student reads the emulator's). Reference:
+    da03/implicit_chain_of_thought ``Teacher.extract_states``, ``Student.compute_loss``,
+    ``Emulator.compute_loss`` and the coupled training step, with the states substituted in one
+    forward of the right-padded batch (lori: the left-padded question block, then the answer on its cache)."""
+    from lori.model.loading import load_checkpoint
+
+    records, idx = batch
+    knobs = {"steps": 3, "mind_reading_steps": 1, "emulation_steps": 1, "mixture_size": 3}
+    student, tok, recipe, _ = build(tiny_teacher, records, "icot_kd", **knobs)
+    step = icot_kd.PHASES.index(phase)
+    recipe.on_step(step)
+    terms = recipe.loss_step(idx)
+    assert float(terms["phase"]) == step
+    teacher, _ = load_checkpoint(str(tiny_teacher.teacher))
+    ps = ref.pieces(tok, [records[i] for i in idx])
+
+    def reference(row_delta: str = ref.LORI_CHOICES["icot_kd"]["row_delta"], s=student):
+        states = ref.icot_kd_teacher_states(teacher, ps, tok.pad_token_id, row_delta=row_delta)
+        if phase == "mind_reading":
+            return ref.icot_kd_student_loss(s.model, s.vertical.read, ps, states, tok.pad_token_id)
+        w = s.vertical
+        emulated = ref.icot_kd_emulate(w.emulator, w.heads, w.mixture, w.rnn, w.key, w.query, w.out, ps,
+                                       tok.pad_token_id, w.mixture_temperature)
+        if phase == "emulation":
+            return ref.icot_kd_emulator_loss(emulated, states)
+        return ref.icot_kd_student_loss(s.model, w.read, ps, emulated, tok.pad_token_id)
+
+    check_parity(terms["loss"], reference(), trained(student))
+    # deliberate: each row's own diagonal step; the reference reuses the first row's for the batch,
+    # which moves the states of the rows whose CoT length differs from the first row's
+    own, first = (ref.icot_kd_teacher_states(teacher, ps, tok.pad_token_id, row_delta=d) for d in ("own", "first"))
+    moved = [not torch.equal(own[b], first[b]) for b in range(len(ps))]
+    assert not moved[0] and any(moved)
+    if phase == "mind_reading":
+        # a changed definition fails the check: every layer reads the state at the token before the answer
+        m_student, _, mutated, _ = build(tiny_teacher, records, "icot_kd", diagonal="last_column", **knobs)
+        mutated.on_step(0)
+        with pytest.raises(AssertionError):
+            check_parity(mutated.loss_step(idx)["loss"], reference(s=m_student), trained(m_student))

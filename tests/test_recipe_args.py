@@ -79,7 +79,7 @@ def test_every_problem_is_reported_at_once():
     assert "max_stage is a knob of coconut and sim_cot, not of method 'lori'" in msg
     assert "remove_per_stage is a knob of icot_si, not of method 'lori'" in msg
     assert "alpha, gamma and step_anchor must be >= 0" in msg
-    with pytest.raises(ValueError, match=re.escape("unknown method 'cot' (one of lori, no_cot, codi, coconut, icot_si, pause, sim_cot)")):
+    with pytest.raises(ValueError, match=re.escape("unknown method 'cot' (one of lori, no_cot, codi, coconut, icot_si, pause, sim_cot, icot_kd)")):
         recipe_args({"method": "cot"})
     with pytest.raises(ValueError, match="steps .300. must exceed max_stage"):
         recipe_args({"method": "coconut", "steps_per_stage": 100}, steps=300)

@@ -52,7 +52,7 @@ def training_cost(metrics: list[dict]) -> dict:
 
 #: row order within a benchmark: the explicit-CoT teacher, No-CoT and the pause-token control, the baselines,
 #: then LoRi (the papers' order)
-METHOD_ORDER = ("cot_sft", "no_cot", "pause", "icot_si", "coconut", "sim_cot", "codi", "lori")
+METHOD_ORDER = ("cot_sft", "no_cot", "pause", "icot_kd", "icot_si", "coconut", "sim_cot", "codi", "lori")
 
 
 RESULTS_NOTE = ("One row per method and benchmark. Accuracy: mean ± sample sd over seeds (one seed: the value); "

@@ -8,7 +8,9 @@ thought for the whole batch, and gradients flow through it (no recompute).
 ``feedback: hidden`` (Coconut) feeds the last hidden state back unchanged, with no
 projection. ``feedback: pause`` (the pause-token control, Goyal et al. 2023) feeds nothing back:
 thought k's input is a learned embedding ``pause[k]`` (a [K, d] parameter), the same for every
-question. ``latent_steps = 0`` is the No-CoT student: ``question || #### answer``.
+question. ``latent_steps = 0`` is the No-CoT student: ``question || #### answer``; with a
+``vertical`` module (iCoT-KD, :mod:`lori.model.vertical`) its prompt block reads emulated states
+at the question's last position in every layer, and ``vertical.safetensors`` holds the emulator.
 ``latent.json`` records K and the feedback, so evaluation needs nothing method-specific.
 """
 from __future__ import annotations
@@ -70,7 +72,7 @@ def init_pause(model, latent_steps: int) -> torch.Tensor:
 
 class LatentStudent(nn.Module):
     def __init__(self, model, latent_steps: int, bot_id: int, eot_id: int, projection: Projection | None = None,
-                 feedback: Feedback = "projection", pause: torch.Tensor | None = None):
+                 feedback: Feedback = "projection", pause: torch.Tensor | None = None, vertical: nn.Module | None = None):
         super().__init__()
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be {' | '.join(FEEDBACKS)}, got {feedback!r}")
@@ -93,13 +95,16 @@ class LatentStudent(nn.Module):
         else:
             pause = None
         self.register_parameter("pause", nn.Parameter(pause) if pause is not None else None)
+        # iCoT-KD (lori.model.vertical): emulator + reading MLPs; the prompt block reads their states
+        self.add_module("vertical", vertical)
 
     # ------------------------------------------------------------------ forward
     def _feed(self, last: torch.Tensor) -> torch.Tensor:
         return last if self.projection is None else self.projection(last)
 
     def _think(self, prompt_ids, prompt_mask, layers: list[int] | None, thought_inputs: torch.Tensor | None = None,
-               record_inputs: list | None = None, latent_steps: int | None = None, reserve: int = 0):
+               record_inputs: list | None = None, latent_steps: int | None = None, reserve: int = 0,
+               diagonal: torch.Tensor | None = None):
         """Prompt block then K thoughts on the cache (K = ``latent_steps``, default the student's).
         Returns cache, mask, next positions, logits after the last input, and the thoughts'
         hidden states [B, K, L, d] (if layers).
@@ -107,13 +112,21 @@ class LatentStudent(nn.Module):
         ``thought_inputs`` [B, K, d] replaces the thoughts' input embeddings (the thought-shuffle
         test feeds one problem another problem's thoughts); ``record_inputs`` collects the
         input embeddings actually fed, one [B, d] tensor per thought. ``reserve``: positions the
-        cache grows by afterwards (see :func:`lori.model.chain.start_chain`)."""
+        cache grows by afterwards (see :func:`lori.model.chain.start_chain`). An iCoT-KD student
+        (``self.vertical``) reads ``diagonal`` [B, L, d] (the teacher's states) or, when None, its
+        emulator's at the prompt's last position in every layer."""
         n_thoughts = self.latent_steps if latent_steps is None else latent_steps
         # the LM head runs on the prompt's last position only: a [B, P, vocab] head would be thrown away
         if self.pause is not None and n_thoughts > self.pause.shape[0]:
             raise ValueError(f"{n_thoughts} thoughts asked of a pause student with {self.pause.shape[0]} pause embeddings")
         # pause students read no hidden state
-        past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0 and self.pause is None)
+        if self.vertical is not None:
+            states = self.vertical.emulate(prompt_ids, prompt_mask) if diagonal is None else diagonal
+            with self.vertical.substituting(self.model, states):
+                past, logits, last = prefill(self.model, prompt_ids, prompt_mask, hidden=n_thoughts > 0)
+        else:
+            past, logits, last = prefill(self.model, prompt_ids, prompt_mask,
+                                         hidden=n_thoughts > 0 and self.pause is None)
         chain = start_chain(self.model, past, prompt_mask, prompt_mask.sum(1), n_thoughts, reserve)
         thought_states = []
         for k in range(n_thoughts):
@@ -134,13 +147,15 @@ class LatentStudent(nn.Module):
         return chain.cache(), chain.mask, chain.next_pos, logits, thoughts
 
     def forward(self, batch: StudentBatch, layers: list[int] | None = None,
-                latent_steps: int | None = None, keep_inputs: bool = False) -> StudentOutput:
+                latent_steps: int | None = None, keep_inputs: bool = False,
+                diagonal: torch.Tensor | None = None) -> StudentOutput:
         """Training forward: CE on ``suffix[answer_start:]``, plus thought/anchor states at ``layers``
         when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages);
-        ``keep_inputs`` also returns the thoughts' input embeddings, in the graph (SIM-CoT decodes them)."""
+        ``keep_inputs`` also returns the thoughts' input embeddings, in the graph (SIM-CoT decodes them);
+        ``diagonal``: iCoT-KD's teacher states in place of its emulator's (:meth:`_think`)."""
         fed: list[torch.Tensor] | None = [] if keep_inputs else None
         past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, record_inputs=fed,
-                                                   latent_steps=latent_steps)
+                                                   latent_steps=latent_steps, diagonal=diagonal)
         suffix_len = batch.suffix_ids.shape[1]
         out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
                                 attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
@@ -187,10 +202,15 @@ class LatentStudent(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
         meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
+        if self.vertical is not None:
+            meta["vertical"] = {"mixture_size": self.vertical.mixture.weight.shape[0],
+                                "mixture_temperature": self.vertical.mixture_temperature}
         files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
         tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else {}
         if self.pause is not None:
             tensors["pause.safetensors"] = {"pause": self.pause}
+        if self.vertical is not None:
+            tensors["vertical.safetensors"] = self.vertical.state_dict()
         save_checkpoint(out, self.model, tokenizer, files, tensors)
 
     @classmethod
@@ -226,6 +246,22 @@ class LatentStudent(nn.Module):
             if tuple(pause.shape) != (latent_steps, d):
                 raise ArtifactError(f"{path}: pause.safetensors holds {list(pause.shape)} pause embeddings; latent.json "
                                     f"and this model need [{latent_steps}, {d}]")
+        vertical = _load_vertical(path, model, meta["vertical"]) if meta.get("vertical") else None
         student = cls(model, latent_steps, tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT),
-                      projection, feedback, pause.to(model.get_input_embeddings().weight.dtype) if pause is not None else None)
+                      projection, feedback, pause.to(model.get_input_embeddings().weight.dtype) if pause is not None else None,
+                      vertical)
         return student, tokenizer
+
+
+def _load_vertical(path: Path, model, meta: dict) -> nn.Module:
+    """iCoT-KD's emulator and reading MLPs from ``vertical.safetensors`` (shaped by the student's config)."""
+    from lori.model.vertical import Vertical
+
+    vertical = Vertical.from_config(model.config, int(meta["mixture_size"]), float(meta["mixture_temperature"]))
+    try:
+        vertical.load_state_dict(load_file(str(path / "vertical.safetensors")))
+    except Exception as e:  # missing, truncated, or for another architecture
+        raise ArtifactError(f"{path}: vertical.safetensors is missing or does not fit this model (an iCoT-KD student "
+                            f"needs its emulator and reading MLPs): {type(e).__name__}: "
+                            f"{' '.join(l.strip() for l in str(e).splitlines()[:2])}") from None
+    return vertical.to(model.get_input_embeddings().weight.dtype)

@@ -231,10 +231,51 @@ class SimCotArgs(CoconutArgs):
         return out
 
 
-RecipeArgs = LoriArgs | CodiArgs | CoconutArgs | IcotSIArgs | PauseArgs | SimCotArgs
+@dataclass
+class IcotKDArgs:
+    """iCoT-KD (Deng et al. 2023): a mind-reading student answers from the teacher's states along its
+    CoT's diagonal, an emulator learns to predict those states from the question, then both are
+    coupled and trained end to end on the answer; phases in this order within ``steps``."""
+    mind_reading_steps: int = 300        # phase 1: the student (+ its reading MLPs) answers from the teacher's states
+    emulation_steps: int = 300           # phase 2: the emulator regresses the teacher's states (the rest: coupled)
+    # the teacher's positions: layer l reads position round(first + l (last - first) / (L - 1)) with
+    # first = the question's last token and last = the token before the answer (the paper's "diagonal");
+    # first_column = every layer at the question's last token, last_column = every layer at the token
+    # before the answer (the reference code's other choices)
+    diagonal: Literal["diagonal", "first_column", "last_column"] = "diagonal"
+    mixture_size: int = 1                # emulator's mixture components (1 = none; reference code's --mixture_size)
+    mixture_temperature: float = 0.05    # softmax temperature over the components (reference code: 0.05)
+    fix_emulator: bool = False           # phase 3 trains the student only (reference code's --fix_emulator)
+    reset_optimizer: bool = True         # fresh AdamW state at each phase (each phase is its own run in the paper)
+    latent_steps: int = 0                # answers without thoughts (the No-CoT layout); only 0 is valid
+
+    feedback = "projection"
+    needs_targets = False
+
+    def problems(self, steps: int) -> list[str]:
+        out = []
+        if self.latent_steps != 0:
+            out.append("icot_kd answers without thoughts: latent_steps must be 0")
+        if self.mind_reading_steps < 0 or self.emulation_steps < 0:
+            out.append("mind_reading_steps and emulation_steps must be >= 0")
+        elif steps <= self.mind_reading_steps + self.emulation_steps:
+            out.append(f"icot_kd: steps ({steps}) must exceed mind_reading_steps + emulation_steps "
+                       f"({self.mind_reading_steps} + {self.emulation_steps}) so the coupled system (what "
+                       f"evaluation runs) is trained")
+        if self.diagonal not in ("diagonal", "first_column", "last_column"):
+            out.append(f"diagonal must be diagonal | first_column | last_column, got {self.diagonal!r}")
+        if self.mixture_size < 1:
+            out.append(f"mixture_size must be >= 1, got {self.mixture_size}")
+        if self.mixture_temperature <= 0:
+            out.append(f"mixture_temperature must be > 0, got {self.mixture_temperature}")
+        return out
+
+
+RecipeArgs = LoriArgs | CodiArgs | CoconutArgs | IcotSIArgs | PauseArgs | SimCotArgs | IcotKDArgs
 #: method -> its knobs; the plain registry every caller dispatches on (no string-keyed ownership)
 ARGS: dict[str, type] = {"lori": LoriArgs, "no_cot": NoCoTArgs, "codi": CodiArgs, "coconut": CoconutArgs,
-                         "icot_si": IcotSIArgs, "pause": PauseArgs, "sim_cot": SimCotArgs}
+                         "icot_si": IcotSIArgs, "pause": PauseArgs, "sim_cot": SimCotArgs,
+                         "icot_kd": IcotKDArgs}
 
 
 def knob_names(cls: type) -> list[str]:

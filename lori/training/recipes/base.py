@@ -33,3 +33,4 @@ class RecipeContext:
     targets: Any = None                          # lori: the teacher's statistics (recipes.lori.TeacherTargets)
     factors: Factors | None = None               # lori: the teacher's low-rank factors
     step_targets: StepTargets | None = None      # step_anchor > 0: one teacher state per CoT step (step_info)
+    teacher: str | None = None                   # the teacher checkpoint dir (icot_kd reads its hidden states)
