@@ -91,6 +91,10 @@ def test_teacher_sft_step_and_latent_student(pretrained_dir, tmp_path):
     assert torch.isfinite(out.task_loss)
     assert out.thoughts.shape == (3, 2, len(layers), model.config.hidden_size)
     assert out.anchor.shape == (3, len(layers), model.config.hidden_size)
+    bare = student(batch, layers, anchor=False)      # the thoughts only: the answer block's states are skipped
+    assert bare.anchor is None
+    torch.testing.assert_close(bare.task_loss, out.task_loss)
+    torch.testing.assert_close(bare.thoughts, out.thoughts)
     out.task_loss.backward()
     assert student.projection.net[0].weight.grad is not None          # gradients flow through the thoughts
 

@@ -458,9 +458,9 @@ def test_lori_cot_stages_keep_the_later_steps_as_targets_then_train_the_publishe
     seen = []
     real = LS.forward
 
-    def spy(self, batch, layers=None, latent_steps=None):
+    def spy(self, batch, layers=None, latent_steps=None, **kwargs):
         seen.append((text(tok, batch.suffix_ids[0]), latent_steps))
-        return real(self, batch, layers, latent_steps=latent_steps)
+        return real(self, batch, layers, latent_steps=latent_steps, **kwargs)
 
     monkeypatch.setattr(LS, "forward", spy)
     stage_of_step = []

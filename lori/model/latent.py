@@ -148,11 +148,12 @@ class LatentStudent(nn.Module):
 
     def forward(self, batch: StudentBatch, layers: list[int] | None = None,
                 latent_steps: int | None = None, keep_inputs: bool = False,
-                diagonal: torch.Tensor | None = None) -> StudentOutput:
+                diagonal: torch.Tensor | None = None, anchor: bool = True) -> StudentOutput:
         """Training forward: CE on ``suffix[answer_start:]``, plus thought/anchor states at ``layers``
         when given. ``latent_steps`` overrides K for this batch (Coconut's curriculum stages);
         ``keep_inputs`` also returns the thoughts' input embeddings, in the graph (SIM-CoT decodes them);
-        ``diagonal``: iCoT-KD's teacher states in place of its emulator's (:meth:`_think`)."""
+        ``diagonal``: iCoT-KD's teacher states in place of its emulator's (:meth:`_think`);
+        ``anchor=False``: no answer-block states (a caller that reads only the thoughts' skips them)."""
         fed: list[torch.Tensor] | None = [] if keep_inputs else None
         past, mask, pos, _, thoughts = self._think(batch.prompt_ids, batch.prompt_mask, layers, record_inputs=fed,
                                                    latent_steps=latent_steps, diagonal=diagonal)
@@ -160,14 +161,15 @@ class LatentStudent(nn.Module):
         out, _ = forward_cached(self.model, past, input_ids=batch.suffix_ids,
                                 attention_mask=torch.cat([mask, batch.suffix_mask], dim=1),
                                 position_ids=pos[:, None] + torch.arange(suffix_len, device=pos.device),
-                                output_hidden_states=layers is not None)
+                                output_hidden_states=layers is not None and anchor)
         a = batch.answer_start
         logits = out.logits[:, a - 1 : -1]                                       # predict suffix[a:]
         targets = batch.suffix_ids[:, a:].masked_fill(batch.suffix_mask[:, a:] == 0, -100)
         task = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
-        anchor = torch.stack([out.hidden_states[l][:, a - 1] for l in layers], dim=1) if layers is not None else None
+        states = torch.stack([out.hidden_states[l][:, a - 1] for l in layers], dim=1) \
+            if layers is not None and anchor else None
         inputs = torch.stack(fed, dim=1) if fed else None
-        return StudentOutput(task, thoughts, anchor, inputs)
+        return StudentOutput(task, thoughts, states, inputs)
 
     @torch.no_grad()
     def thought_inputs(self, batch: StudentBatch) -> torch.Tensor:

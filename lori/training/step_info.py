@@ -58,11 +58,15 @@ class StepTargets:
         return out.to(self.states.device)
 
     def loss(self, thought_states: torch.Tensor, idx: list[int], factors: Factors,
-             covered: int | None = None) -> torch.Tensor:
+             covered: int | None = None, core: torch.Tensor | None = None) -> torch.Tensor:
         """``L_step`` of a batch: thought_states [B, T, L, d] (the student's hidden states at the
         factors' layers) mapped to this space, vs the rows' step targets (normalised squared error,
-        :func:`lori.training.losses.step_anchor_loss`). 0 when every matched thought equals its target."""
-        thoughts = factors.project(thought_states) if self.space == "core" else factors.normalize(thought_states)
+        :func:`lori.training.losses.step_anchor_loss`). 0 when every matched thought equals its target.
+        ``core``: ``factors.project(thought_states)`` when the caller has it already (LoRi's L_reason)."""
+        if self.space == "core":
+            thoughts = factors.project(thought_states) if core is None else core
+        else:
+            thoughts = factors.normalize(thought_states)
         return step_anchor_loss(thoughts, self.states[idx], self.slots(idx, thought_states.shape[1], covered))
 
 

@@ -59,7 +59,7 @@ def build(args: CoconutArgs, ctx: RecipeContext, extra: ExtraTerm | None = None)
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         stage = state["stage"]
         batch, thoughts = coconut_batch(tokenizer, [records[i] for i in idx], stage, c, max_stage, idx)
-        out = student(batch.to(device), layers, latent_steps=thoughts, keep_inputs=extra is not None)
+        out = student(batch.to(device), layers, latent_steps=thoughts, keep_inputs=extra is not None, anchor=False)
         positions = batch.prompt_ids.numel() + len(idx) * thoughts + batch.suffix_ids.numel()
         flops = step_flops(params, positions)
         terms = {"task": out.task_loss, "stage": torch.tensor(float(stage))}

@@ -70,10 +70,10 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         if staged:   # Coconut's layout: K thoughts, then the CoT steps after the first `stage`, then the answer
             batch, _ = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], 1, args.cot_stages, idx)
             batch = batch.to(device)
-            out = student(batch, layers, latent_steps=args.latent_steps)
+            out = student(batch, layers, latent_steps=args.latent_steps, anchor=False)
         else:
             batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
-            out = student(batch, layers)
+            out = student(batch, layers, anchor=args.gamma > 0)   # the answer block's states only for L_anchor
         positions = batch.prompt_ids.numel() + len(idx) * args.latent_steps + batch.suffix_ids.numel()
         terms = {"task": out.task_loss, "flops": torch.tensor(step_flops(params, positions))}
         if args.cot_stages > 0:
@@ -97,7 +97,7 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
                 terms["anchor"] = anchor_loss(a_s, a_t, args.anchor_loss)
                 loss = loss + args.gamma * terms["anchor"]
             if args.step_anchor > 0:
-                terms["step_anchor"] = ctx.step_targets.loss(out.thoughts.float(), idx, factors)
+                terms["step_anchor"] = ctx.step_targets.loss(out.thoughts.float(), idx, factors, core=core)
                 loss = loss + args.step_anchor * terms["step_anchor"]
         terms["loss"] = loss
         return terms
