@@ -133,3 +133,47 @@ def test_decoder_loss_reaches_the_student_through_the_thoughts(tiny_teacher):
     layer = student.model.model.layers[-1].mlp.down_proj.weight
     assert layer.grad is not None and layer.grad.abs().sum() > 0
     assert student.step_decoder.lm.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_sim_cot_on_codi_decodes_thought_k_into_step_k(tiny_teacher, tmp_path):
+    """CODI + SIM-CoT's decoder (decoder_weight > 0): the term equals the decoder's loss on thought k
+    (as fed) -> step k (the last thought: the remaining steps joined), is added with its weight and its
+    FLOPs, reaches the student through the thoughts, and the saved student is a plain CODI checkpoint."""
+    from lori.data.records import read_records
+    from lori.model.sequences import pad_right, step_ids, student_batch
+    from lori.training.loop import step_flops
+    from lori.training.recipes import codi
+    from lori.model.loading import num_params
+
+    records = read_records(tiny_teacher.train)
+    idx = [0, 1, 2, 3]
+    base_cfg = DistillConfig(method="codi", latent_steps=2, threads=1, device="cpu")
+    cfg = DistillConfig(method="codi", latent_steps=2, decoder_weight=0.5, threads=1, device="cpu")
+    torch.manual_seed(0)
+    plain, tok = distill.build_student(base_cfg, str(tiny_teacher.teacher))
+    plain_terms = codi.build(base_cfg.args, RecipeContext(plain, tok, records, "cpu", 0, cfg.steps)).loss_step(idx)
+    student, _ = distill.build_student(cfg, str(tiny_teacher.teacher))
+    student.projection.load_state_dict(plain.projection.state_dict())
+    terms = codi.build(cfg.args, RecipeContext(student, tok, records, "cpu", 0, cfg.steps)).loss_step(idx)
+    decoder = student.step_decoder
+    assert isinstance(decoder, StepDecoder)
+    # by hand: thought 0 -> step 0, thought 1 -> steps 1.. joined, each closed by one <eos>
+    fed = student.thought_inputs(student_batch(tok, [records[i] for i in idx], 2))
+    seqs, latents = [], []
+    for row, i in enumerate(idx):
+        steps = step_ids(tok, records[i].steps)
+        seqs += [steps[0] + [tok.eos_token_id], [t for s in steps[1:] for t in s] + [tok.eos_token_id]]
+        latents += [fed[row, 0:1], fed[row, 1:2]]
+    ids, mask = pad_right(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        want = decoder(torch.stack(latents), student.model.get_input_embeddings()(ids), ids, mask)
+    torch.testing.assert_close(terms["decoder"].detach(), want)
+    torch.testing.assert_close(terms["loss"].detach(), plain_terms["loss"].detach() + 0.5 * want)
+    extra = step_flops(num_params(decoder), ids.numel() + len(seqs))
+    assert float(terms["flops"]) == float(plain_terms["flops"]) + extra
+    student.zero_grad()
+    terms["decoder"].backward()
+    assert student.projection.net[0].weight.grad.abs().sum() > 0          # through the thoughts, not detached
+    student.save(tmp_path / "s", tok)
+    plain.save(tmp_path / "p", tok)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())

@@ -110,6 +110,10 @@ class CodiArgs:
     step_anchor: float = 0.0             # weight of L_step
     step_summary: Literal["mean", "last", "result"] = "mean"
     step_anchor_space: Literal["core", "full"] = "core"
+    # SIM-CoT on CODI (Wei et al. 2025's second setting): an auxiliary decoder, training only, decodes
+    # thought k (as fed) into CoT step k (the last thought: the remaining steps joined); 0 = CODI as published
+    decoder_weight: float = 0.0
+    decoder_init: Literal["student", "scratch"] = "student"
 
     feedback = "projection"
 
@@ -120,6 +124,10 @@ class CodiArgs:
 
     def problems(self, steps: int) -> list[str]:
         out = [f"latent_steps must be >= 1, got {self.latent_steps}"] if self.latent_steps < 1 else []
+        if self.decoder_weight < 0:
+            out.append(f"decoder_weight must be >= 0, got {self.decoder_weight}")
+        if self.decoder_init not in ("student", "scratch"):
+            out.append(f"decoder_init must be student | scratch, got {self.decoder_init!r}")
         return out + step_problems(self)
 
 

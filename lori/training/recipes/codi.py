@@ -19,6 +19,10 @@ Each step runs two passes of the same weights on the same problems:
 
 ``step_anchor > 0`` (ours, off in CODI as published) adds LoRi's step anchors on the K thoughts
 (:mod:`lori.training.step_info`), which then read the dumped teacher's targets and factors.
+``decoder_weight > 0`` is SIM-CoT on CODI (Wei et al. 2025): an auxiliary decoder, used in training
+only and not saved, decodes thought k (as fed to the student) into CoT step k, the last thought the
+remaining steps joined (:func:`lori.training.recipes.sim_cot.decoder_loss` with one thought per group);
+``+ decoder_weight * L_decoder``, its FLOPs counted.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from lori.training.loop import step_flops
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes.args import CodiArgs
 from lori.training.recipes.base import Recipe, RecipeContext
+from lori.training.recipes.sim_cot import build_decoder, decoder_loss, step_tokens
 from lori.training.step_info import states_at
 
 
@@ -50,6 +55,9 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
     params = num_params(student)
     if args.step_anchor > 0 and (ctx.step_targets is None or ctx.factors is None):
         raise ValueError("codi with step_anchor > 0 needs the step targets and factors (RecipeContext)")
+    decoder = build_decoder(student, args.decoder_init) if args.decoder_weight > 0 else None
+    steps_tokens = step_tokens(tokenizer, records) if decoder is not None else None
+    decoder_params = num_params(decoder) if decoder is not None else 0
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [teacher_seqs[i] for i in idx]
@@ -59,14 +67,22 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         # CODI reads the teacher's states under no_grad: the distillation loss trains only the student pass
         t_states = teacher_anchor_states(t_out.hidden_states, anchors).detach()      # [B, L+1, d]
         sb = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
-        s_out = student(sb, layers)
+        s_out = student(sb, layers, keep_inputs=decoder is not None)
         # both passes count: the teacher's sequence and the student's prompt + thoughts + answer
         positions = tb["input_ids"].numel() + sb.prompt_ids.numel() + len(idx) * args.latent_steps + sb.suffix_ids.numel()
         with torch.autocast(device.type, enabled=False):
             distill = normalized_smooth_l1(s_out.anchor.float(), t_states.float())
         loss = s_out.task_loss.float() + args.distill_weight * distill + args.teacher_weight * t_out.loss.float()
-        terms = {"task": s_out.task_loss, "distill": distill, "teacher": t_out.loss,
-                 "flops": torch.tensor(step_flops(params, positions))}
+        flops = step_flops(params, positions)
+        terms = {"task": s_out.task_loss, "distill": distill, "teacher": t_out.loss}
+        if decoder is not None:
+            decoded, decoder_positions = decoder_loss(decoder, student, s_out.inputs, idx, steps_tokens, 1, None,
+                                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+            if decoded is not None:
+                terms["decoder"] = decoded
+                loss = loss + args.decoder_weight * decoded
+                flops += step_flops(decoder_params, decoder_positions)
+        terms["flops"] = torch.tensor(flops)
         if args.step_anchor > 0:
             with torch.autocast(device.type, enabled=False):
                 thoughts = states_at(s_out.thoughts.float(), layers, ctx.factors.layers)
@@ -75,4 +91,6 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         terms["loss"] = loss
         return terms
 
+    if decoder is not None:   # trained with the student (optimizer, checkpoints), never saved with it
+        student.step_decoder = decoder
     return Recipe(loss_step)

@@ -49,40 +49,55 @@ def build_decoder(student, init: str) -> StepDecoder:
     return StepDecoder(lm.to(next(student.model.parameters()).device).train())
 
 
+def step_tokens(tokenizer, records) -> list[list[list[int]]]:
+    """Every record's CoT steps tokenized once, as they appear in the CoT (``" step"``)."""
+    flat = step_ids(tokenizer, [s for r in records for s in r.steps])
+    out, k = [], 0
+    for r in records:
+        out.append(flat[k:k + len(r.steps)])
+        k += len(r.steps)
+    return out
+
+
+def decoder_loss(decoder: StepDecoder, student, inputs: torch.Tensor, idx: list[int], targets, c: int,
+                 covered: int | None, eos: int, pad: int) -> tuple[torch.Tensor | None, int]:
+    """The decoder's loss on a batch whose thoughts (as fed, [B, K, d]) form K / c groups of c, and
+    the decoder positions it ran (0 and None when no group has a step). ``targets``: per record, its
+    steps' tokens (:func:`step_tokens`); ``covered``: only the first ``covered`` steps have thoughts."""
+    groups = inputs.shape[1] // c
+    rows, cols, seqs = [], [], []
+    for row, i in enumerate(idx):
+        for g, steps in enumerate(step_groups(len(targets[i]), groups, covered)):
+            if steps:
+                rows.append(row)
+                cols.append(g)
+                # a group's steps joined, closed by one <eos> (the reference's target)
+                seqs.append([t for j in steps for t in targets[i][j]] + [eos])
+    if not seqs:
+        return None, 0
+    device = inputs.device
+    ids, mask = (t.to(device) for t in pad_right(seqs, pad))
+    grouped = inputs[:, : groups * c].reshape(inputs.shape[0], groups, c, -1)            # [B, G, c, d]
+    latents = grouped[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]   # [S, c, d]
+    embeds = student.model.get_input_embeddings()(ids)
+    return decoder(latents, embeds, ids, mask), ids.numel() + len(seqs) * c
+
+
 def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
     student, tokenizer, records = ctx.student, ctx.tokenizer, ctx.records
     c, max_stage = args.thoughts_per_step, args.max_stage
     decoder = build_decoder(student, args.decoder_init)
     decoder_params = num_params(decoder)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # every record's steps tokenized once, as they appear in the CoT (" step")
-    flat = step_ids(tokenizer, [s for r in records for s in r.steps])
-    targets, k = [], 0
-    for r in records:
-        targets.append(flat[k:k + len(r.steps)])
-        k += len(r.steps)
+    targets = step_tokens(tokenizer, records)
 
     def decoder_term(out, idx: list[int], stage: int, thoughts: int):
-        groups = thoughts // c
         covered = stage if stage <= max_stage else None
-        rows, cols, seqs = [], [], []
-        for row, i in enumerate(idx):
-            for g, steps in enumerate(step_groups(len(records[i].steps), groups, covered)):
-                if steps:
-                    rows.append(row)
-                    cols.append(g)
-                    # a group's steps joined, closed by one <eos> (the reference's target)
-                    seqs.append([t for j in steps for t in targets[i][j]] + [eos])
-        if not seqs:
+        loss, positions = decoder_loss(decoder, student, out.inputs, idx, targets, c, covered, eos, pad)
+        if loss is None:
             zero = out.task_loss.new_zeros(())
             return {"decoder": zero}, zero, 0.0
-        device = out.inputs.device
-        ids, mask = (t.to(device) for t in pad_right(seqs, pad))
-        grouped = out.inputs.view(out.inputs.shape[0], groups, c, -1)                   # [B, G, c, d]
-        latents = grouped[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]   # [S, c, d]
-        embeds = student.model.get_input_embeddings()(ids)
-        loss = decoder(latents, embeds, ids, mask)
-        return {"decoder": loss}, args.decoder_weight * loss, step_flops(decoder_params, ids.numel() + len(seqs) * c)
+        return {"decoder": loss}, args.decoder_weight * loss, step_flops(decoder_params, positions)
 
     recipe = coconut.build(args, ctx, extra=decoder_term)   # counts the student's FLOPs without the decoder
     # registered on the student: AdamW, gradient clipping and resumable checkpoints cover it; the
