@@ -124,12 +124,11 @@ def plain_student_like(student: LatentStudent) -> LatentStudent:
     from transformers import AutoModelForCausalLM
 
     from lori.model.latent import LatentStudent
-
     from lori.model.vertical import Vertical
 
     vertical = student.vertical
     fresh = None if vertical is None else Vertical.from_config(
-        student.model.config, vertical.mixture.weight.shape[0], vertical.mixture_temperature)
+        student.model.config, vertical.mixture_size, vertical.mixture_temperature)
     return LatentStudent(AutoModelForCausalLM.from_config(student.model.config), student.latent_steps,
                          student.bot_id, student.eot_id, feedback=student.feedback, vertical=fresh)
 

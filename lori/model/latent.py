@@ -205,7 +205,7 @@ class LatentStudent(nn.Module):
     def save(self, out: str | Path, tokenizer, extra_files: dict[str, str] | None = None) -> None:
         meta = {"latent_steps": self.latent_steps, "feedback": self.feedback}
         if self.vertical is not None:
-            meta["vertical"] = {"mixture_size": self.vertical.mixture.weight.shape[0],
+            meta["vertical"] = {"mixture_size": self.vertical.mixture_size,
                                 "mixture_temperature": self.vertical.mixture_temperature}
         files = {"latent.json": json.dumps(meta, indent=2), **(extra_files or {})}
         tensors = {"projection.safetensors": self.projection.state_dict()} if self.projection is not None else {}

@@ -115,7 +115,7 @@ class Vertical(nn.Module):
     # ------------------------------------------------------------------ emulator
     def _mixture(self, z: torch.Tensor) -> torch.Tensor:
         weight = self.mixture.weight                                            # [M, d]
-        if weight.shape[0] == 1:
+        if self.mixture_size == 1:
             return weight.expand(z.shape[0], -1)
         probs = (z @ weight.T / self.mixture_temperature).softmax(-1)
         return probs @ weight
@@ -169,13 +169,16 @@ class Vertical(nn.Module):
         with _hooks(decoder_blocks(model), hook):
             yield
 
-    def emulator_params(self) -> int:
-        """Parameters a step through the emulator touches (transformer, heads, mixture, LSTM, attention)."""
-        reading = sum(p.numel() for p in self.read.parameters())
-        return sum(p.numel() for p in self.parameters()) - reading
+    @property
+    def mixture_size(self) -> int:
+        return self.mixture.weight.shape[0]
 
     def reading_params(self) -> int:
         return sum(p.numel() for p in self.read.parameters())
+
+    def emulator_params(self) -> int:
+        """Parameters a step through the emulator touches (transformer, heads, mixture, LSTM, attention)."""
+        return sum(p.numel() for p in self.parameters()) - self.reading_params()
 
 
 @contextmanager

@@ -34,6 +34,16 @@ def step_problems(args) -> list[str]:
     return out
 
 
+def decoder_problems(args) -> list[str]:
+    """The SIM-CoT decoder knobs (``sim_cot``, and ``codi`` for SIM-CoT on CODI)."""
+    out = []
+    if args.decoder_weight < 0:
+        out.append(f"decoder_weight must be >= 0, got {args.decoder_weight}")
+    if args.decoder_init not in ("student", "scratch"):
+        out.append(f"decoder_init must be student | scratch, got {args.decoder_init!r}")
+    return out
+
+
 @dataclass
 class LoriArgs:
     """LoRi (ours, after the paper): ``L = L_task + alpha * L_reason + gamma * L_anchor``."""
@@ -124,11 +134,7 @@ class CodiArgs:
 
     def problems(self, steps: int) -> list[str]:
         out = [f"latent_steps must be >= 1, got {self.latent_steps}"] if self.latent_steps < 1 else []
-        if self.decoder_weight < 0:
-            out.append(f"decoder_weight must be >= 0, got {self.decoder_weight}")
-        if self.decoder_init not in ("student", "scratch"):
-            out.append(f"decoder_init must be student | scratch, got {self.decoder_init!r}")
-        return out + step_problems(self)
+        return out + decoder_problems(self) + step_problems(self)
 
 
 @dataclass
@@ -231,12 +237,7 @@ class SimCotArgs(CoconutArgs):
     decoder_init: Literal["student", "scratch"] = "student"
 
     def problems(self, steps: int) -> list[str]:
-        out = [p.replace("coconut", "sim_cot") for p in super().problems(steps)]
-        if self.decoder_weight < 0:
-            out.append(f"decoder_weight must be >= 0, got {self.decoder_weight}")
-        if self.decoder_init not in ("student", "scratch"):
-            out.append(f"decoder_init must be student | scratch, got {self.decoder_init!r}")
-        return out
+        return [p.replace("coconut", "sim_cot") for p in super().problems(steps)] + decoder_problems(self)
 
 
 @dataclass
