@@ -177,3 +177,63 @@ def test_sim_cot_on_codi_decodes_thought_k_into_step_k(tiny_teacher, tmp_path):
     student.save(tmp_path / "s", tok)
     plain.save(tmp_path / "p", tok)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())
+
+
+def test_sim_cot_on_lori_decodes_the_steps_its_thoughts_stand_for(tiny_teacher, tmp_path):
+    """LoRi + SIM-CoT's decoder (decoder_weight > 0): in a curriculum stage k only the k replaced steps
+    are decoded (thought j -> step j); in the final layout thought j -> step j, the last thought the
+    remaining steps joined. The term equals the decoder's loss computed by hand, is added with its weight
+    and FLOPs, and the saved student is a plain LoRi checkpoint."""
+    from lori.data.records import read_records
+    from lori.model.loading import num_params
+    from lori.model.sequences import pad_right, step_ids, student_batch
+    from lori.training.loop import step_flops
+    from lori.training.recipes import lori
+
+    records = read_records(tiny_teacher.train)
+    idx, k = [0, 1, 2, 3], 3
+    knobs = dict(method="lori", latent_steps=k, alpha=0.0, gamma=0.0, cot_stages=2, steps_per_stage=3, steps=9,
+                 threads=1, device="cpu")
+    torch.manual_seed(0)
+    plain, tok = distill.build_student(DistillConfig(**knobs), str(tiny_teacher.teacher))
+    plain_recipe = lori.build(DistillConfig(**knobs).args, RecipeContext(plain, tok, records, "cpu", 0, 9))
+    cfg = DistillConfig(**knobs, decoder_weight=0.5)
+    student, _ = distill.build_student(cfg, str(tiny_teacher.teacher))
+    student.projection.load_state_dict(plain.projection.state_dict())
+    recipe = lori.build(cfg.args, RecipeContext(student, tok, records, "cpu", 0, 9))
+    decoder = student.step_decoder
+    assert isinstance(decoder, StepDecoder)
+    fed = student.thought_inputs(student_batch(tok, [records[i] for i in idx], k))
+    eos = tok.eos_token_id
+    for step, stage in ((0, 1), (6, 3)):   # stage 1 of 2, then the final layout
+        recipe.on_step(step)
+        plain_recipe.on_step(step)
+        terms, plain_terms = recipe.loss_step(idx), plain_recipe.loss_step(idx)
+        seqs, latents = [], []
+        for row, i in enumerate(idx):
+            steps = step_ids(tok, records[i].steps)
+            if stage == 1:
+                groups = [steps[:1]]
+            else:
+                groups = [steps[j : j + 1] for j in range(k - 1)] + [steps[k - 1 :]]
+            for g, group in enumerate(groups):
+                if group:
+                    seqs.append([t for s in group for t in s] + [eos])
+                    latents.append(fed[row, g : g + 1])
+        ids, mask = pad_right(seqs, tok.pad_token_id)
+        with torch.no_grad():
+            want = decoder(torch.stack(latents), student.model.get_input_embeddings()(ids), ids, mask)
+        torch.testing.assert_close(terms["decoder"].detach(), want)
+        torch.testing.assert_close(terms["loss"].detach(), plain_terms["loss"].detach() + 0.5 * want)
+        extra = step_flops(num_params(decoder), ids.numel() + len(seqs))
+        assert float(terms["flops"]) == float(plain_terms["flops"]) + extra
+    student.zero_grad()
+    terms["decoder"].backward()
+    assert student.projection.net[0].weight.grad.abs().sum() > 0          # through the thoughts
+    student.save(tmp_path / "s", tok)
+    plain.save(tmp_path / "p", tok)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert load_file(str(tmp_path / "s" / "model.safetensors")).keys() == \
+        load_file(str(tmp_path / "p" / "model.safetensors")).keys()
+    with pytest.raises(ValueError, match="decoder_weight"):
+        DistillConfig(method="lori", latent_steps=0, alpha=0.0, gamma=0.0, decoder_weight=1.0)

@@ -35,7 +35,7 @@ def step_problems(args) -> list[str]:
 
 
 def decoder_problems(args) -> list[str]:
-    """The SIM-CoT decoder knobs (``sim_cot``, and ``codi`` for SIM-CoT on CODI)."""
+    """The SIM-CoT decoder knobs (``sim_cot``; ``codi`` and ``lori`` for SIM-CoT on their thoughts)."""
     out = []
     if args.decoder_weight < 0:
         out.append(f"decoder_weight must be >= 0, got {args.decoder_weight}")
@@ -74,6 +74,10 @@ class LoriArgs:
     # a thought fed back as the next input: the last hidden state through the projection MLP, or
     # (our option, Coconut's way) the last hidden state itself
     feedback: Literal["projection", "hidden"] = "projection"
+    # Our option, SIM-CoT's auxiliary decoder on LoRi's thoughts (training only): thought k (as fed)
+    # decodes CoT step k, the last thought the remaining steps joined; 0 = off (LoRi as published)
+    decoder_weight: float = 0.0
+    decoder_init: Literal["student", "scratch"] = "student"
 
     @property
     def needs_targets(self) -> bool:
@@ -84,11 +88,11 @@ class LoriArgs:
         out = []
         if self.latent_steps < 0:
             out.append(f"latent_steps must be >= 0, got {self.latent_steps}")
-        if (self.alpha > 0 or self.step_anchor > 0) and self.latent_steps == 0:
-            out.append("alpha > 0 or step_anchor > 0 needs latent_steps >= 1 (no thoughts to match)")
+        if (self.alpha > 0 or self.step_anchor > 0 or self.decoder_weight > 0) and self.latent_steps == 0:
+            out.append("alpha > 0, step_anchor > 0 or decoder_weight > 0 needs latent_steps >= 1 (no thoughts to match)")
         if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
             out.append("alpha, gamma and step_anchor must be >= 0")
-        out += step_problems(self)
+        out += step_problems(self) + decoder_problems(self)
         if self.feedback not in ("projection", "hidden"):
             out.append(f"feedback must be projection | hidden, got {self.feedback!r}")
         if self.cot_stages < 0 or self.steps_per_stage < 1:

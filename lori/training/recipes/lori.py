@@ -7,6 +7,12 @@
 - ``L_anchor``: the student's state at the position predicting the first answer token vs the
   teacher's, in the core (``anchor_space: core``) or on the full normalised states.
 
+``decoder_weight > 0`` (ours, off in LoRi as published) is SIM-CoT's auxiliary decoder on LoRi's
+thoughts (Wei et al. 2025): used in training only and not saved, it decodes thought k (as fed)
+into CoT step k, the last thought the remaining steps joined (in a ``cot_stages`` stage k, only the
+k steps the thoughts replace), ``+ decoder_weight * L_decoder``, its FLOPs counted — the same
+step-level information as the step anchors, given the way SIM-CoT gives it.
+
 No-CoT is this loss with K = 0 and alpha = gamma = 0 (:mod:`lori.training.recipes.no_cot`); a
 CODI-*style* anchor against the fixed dumped teacher is ``alpha: 0, anchor_space: full,
 anchor_loss: smooth_l1``. Knobs: :class:`lori.training.recipes.args.LoriArgs`.
@@ -24,6 +30,7 @@ from lori.training.loop import step_flops
 from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
 from lori.training.recipes.args import LoriArgs
 from lori.training.recipes.base import Recipe, RecipeContext
+from lori.training.recipes.sim_cot import build_decoder, decoder_loss, step_tokens
 from lori.training.recipes.stages import coconut_batch, stage_at
 from lori.training.step_info import record_step_lengths, record_step_points  # noqa: F401  (re-exported)
 
@@ -58,6 +65,9 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         raise ValueError("step_anchor > 0 needs the step targets (RecipeContext.step_targets)")
     layers = factors.layers if args.needs_targets else None
     params = num_params(student)
+    decoder = build_decoder(student, args.decoder_init) if args.decoder_weight > 0 else None
+    steps_tokens = step_tokens(tokenizer, records) if decoder is not None else None
+    decoder_params = num_params(decoder) if decoder is not None else 0
     state = {"stage": args.cot_stages + 1}    # cot_stages = 0: always the final (published) layout
 
     def on_step(step: int) -> bool:
@@ -70,15 +80,26 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         if staged:   # Coconut's layout: K thoughts, then the CoT steps after the first `stage`, then the answer
             batch, _ = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], 1, args.cot_stages, idx)
             batch = batch.to(device)
-            out = student(batch, layers, latent_steps=args.latent_steps, anchor=False)
+            out = student(batch, layers, latent_steps=args.latent_steps, anchor=False, keep_inputs=decoder is not None)
         else:
             batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
-            out = student(batch, layers, anchor=args.gamma > 0)   # the answer block's states only for L_anchor
+            # the answer block's states only for L_anchor
+            out = student(batch, layers, anchor=args.gamma > 0, keep_inputs=decoder is not None)
         positions = batch.prompt_ids.numel() + len(idx) * args.latent_steps + batch.suffix_ids.numel()
-        terms = {"task": out.task_loss, "flops": torch.tensor(step_flops(params, positions))}
+        flops = step_flops(params, positions)
+        terms = {"task": out.task_loss}
         if args.cot_stages > 0:
             terms["stage"] = torch.tensor(float(state["stage"]))
         loss = out.task_loss.float()
+        if decoder is not None:   # stage k: only the k replaced steps have thoughts
+            decoded, decoder_positions = decoder_loss(decoder, student, out.inputs, idx, steps_tokens, 1,
+                                                      state["stage"] if staged else None,
+                                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+            terms["decoder"] = decoded if decoded is not None else loss.new_zeros(())
+            if decoded is not None:
+                loss = loss + args.decoder_weight * decoded
+                flops += step_flops(decoder_params, decoder_positions)
+        terms["flops"] = torch.tensor(flops)
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):
             core = factors.project(out.thoughts.float()) if args.alpha > 0 else None   # [B,K,rL,rd]
@@ -102,4 +123,6 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         terms["loss"] = loss
         return terms
 
+    if decoder is not None:   # trained with the student (optimizer, checkpoints), never saved with it
+        student.step_decoder = decoder
     return Recipe(loss_step, on_step)
