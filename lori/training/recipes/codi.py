@@ -34,7 +34,7 @@ from lori.training.loop import step_flops
 from lori.training.losses import normalized_smooth_l1
 from lori.training.recipes.args import CodiArgs
 from lori.training.recipes.base import Recipe, RecipeContext
-from lori.training.recipes.sim_cot import build_decoder, decoder_loss, step_tokens
+from lori.training.recipes.sim_cot import attach_decoder
 from lori.training.step_info import states_at
 
 
@@ -55,9 +55,7 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
     params = num_params(student)
     if args.step_anchor > 0 and (ctx.step_targets is None or ctx.factors is None):
         raise ValueError("codi with step_anchor > 0 needs the step targets and factors (RecipeContext)")
-    decoder = build_decoder(student, args.decoder_init) if args.decoder_weight > 0 else None
-    steps_tokens = step_tokens(tokenizer, records) if decoder is not None else None
-    decoder_params = num_params(decoder) if decoder is not None else 0
+    decode = attach_decoder(args, student, tokenizer, records) if args.decoder_weight > 0 else None
 
     def loss_step(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [teacher_seqs[i] for i in idx]
@@ -67,7 +65,7 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         # CODI reads the teacher's states under no_grad: the distillation loss trains only the student pass
         t_states = teacher_anchor_states(t_out.hidden_states, anchors).detach()      # [B, L+1, d]
         sb = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
-        s_out = student(sb, layers, keep_inputs=decoder is not None)
+        s_out = student(sb, layers, keep_inputs=decode is not None)
         # both passes count: the teacher's sequence and the student's prompt + thoughts + answer
         positions = tb["input_ids"].numel() + sb.prompt_ids.numel() + len(idx) * args.latent_steps + sb.suffix_ids.numel()
         with torch.autocast(device.type, enabled=False):
@@ -75,13 +73,11 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         loss = s_out.task_loss.float() + args.distill_weight * distill + args.teacher_weight * t_out.loss.float()
         flops = step_flops(params, positions)
         terms = {"task": s_out.task_loss, "distill": distill, "teacher": t_out.loss}
-        if decoder is not None:
-            decoded, decoder_positions = decoder_loss(decoder, student, s_out.inputs, idx, steps_tokens, 1, None,
-                                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+        if decode is not None:
+            decoded, decoder_flops = decode(s_out.inputs, idx, None)
             if decoded is not None:
                 terms["decoder"] = decoded
-                loss = loss + args.decoder_weight * decoded
-                flops += step_flops(decoder_params, decoder_positions)
+                loss, flops = loss + args.decoder_weight * decoded, flops + decoder_flops
         terms["flops"] = torch.tensor(flops)
         if args.step_anchor > 0:
             with torch.autocast(device.type, enabled=False):
@@ -91,6 +87,4 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         terms["loss"] = loss
         return terms
 
-    if decoder is not None:   # trained with the student (optimizer, checkpoints), never saved with it
-        student.step_decoder = decoder
     return Recipe(loss_step)

@@ -30,7 +30,7 @@ from lori.training.loop import step_flops
 from lori.training.losses import anchor_loss, moments, reason_loss, trajectory_moments
 from lori.training.recipes.args import LoriArgs
 from lori.training.recipes.base import Recipe, RecipeContext
-from lori.training.recipes.sim_cot import build_decoder, decoder_loss, step_tokens
+from lori.training.recipes.sim_cot import attach_decoder
 from lori.training.recipes.stages import coconut_batch, stage_at
 from lori.training.step_info import record_step_lengths, record_step_points  # noqa: F401  (re-exported)
 
@@ -65,9 +65,7 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         raise ValueError("step_anchor > 0 needs the step targets (RecipeContext.step_targets)")
     layers = factors.layers if args.needs_targets else None
     params = num_params(student)
-    decoder = build_decoder(student, args.decoder_init) if args.decoder_weight > 0 else None
-    steps_tokens = step_tokens(tokenizer, records) if decoder is not None else None
-    decoder_params = num_params(decoder) if decoder is not None else 0
+    decode = attach_decoder(args, student, tokenizer, records) if args.decoder_weight > 0 else None
     state = {"stage": args.cot_stages + 1}    # cot_stages = 0: always the final (published) layout
 
     def on_step(step: int) -> bool:
@@ -80,25 +78,22 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         if staged:   # Coconut's layout: K thoughts, then the CoT steps after the first `stage`, then the answer
             batch, _ = coconut_batch(tokenizer, [records[i] for i in idx], state["stage"], 1, args.cot_stages, idx)
             batch = batch.to(device)
-            out = student(batch, layers, latent_steps=args.latent_steps, anchor=False, keep_inputs=decoder is not None)
+            out = student(batch, layers, latent_steps=args.latent_steps, anchor=False, keep_inputs=decode is not None)
         else:
             batch = student_batch(tokenizer, [records[i] for i in idx], args.latent_steps, idx).to(device)
             # the answer block's states only for L_anchor
-            out = student(batch, layers, anchor=args.gamma > 0, keep_inputs=decoder is not None)
+            out = student(batch, layers, anchor=args.gamma > 0, keep_inputs=decode is not None)
         positions = batch.prompt_ids.numel() + len(idx) * args.latent_steps + batch.suffix_ids.numel()
         flops = step_flops(params, positions)
         terms = {"task": out.task_loss}
         if args.cot_stages > 0:
             terms["stage"] = torch.tensor(float(state["stage"]))
         loss = out.task_loss.float()
-        if decoder is not None:   # stage k: only the k replaced steps have thoughts
-            decoded, decoder_positions = decoder_loss(decoder, student, out.inputs, idx, steps_tokens, 1,
-                                                      state["stage"] if staged else None,
-                                                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+        if decode is not None:   # stage k: only the k replaced steps have thoughts
+            decoded, decoder_flops = decode(out.inputs, idx, state["stage"] if staged else None)
             terms["decoder"] = decoded if decoded is not None else loss.new_zeros(())
             if decoded is not None:
-                loss = loss + args.decoder_weight * decoded
-                flops += step_flops(decoder_params, decoder_positions)
+                loss, flops = loss + args.decoder_weight * decoded, flops + decoder_flops
         terms["flops"] = torch.tensor(flops)
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):
@@ -123,6 +118,4 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
         terms["loss"] = loss
         return terms
 
-    if decoder is not None:   # trained with the student (optimizer, checkpoints), never saved with it
-        student.step_decoder = decoder
     return Recipe(loss_step, on_step)

@@ -23,6 +23,7 @@ tokens are embedded with the student's own embedding table, as in the reference.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 
@@ -83,24 +84,40 @@ def decoder_loss(decoder: StepDecoder, student, inputs: torch.Tensor, idx: list[
     return decoder(latents, embeds, ids, mask), ids.numel() + len(seqs) * c
 
 
-def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
-    student, tokenizer, records = ctx.student, ctx.tokenizer, ctx.records
-    c, max_stage = args.thoughts_per_step, args.max_stage
+#: a recipe's view of the attached decoder: (thoughts as fed [B, K, d], indices, steps covered or None)
+#: -> (the decoder's loss, None when no group has a step; its FLOPs)
+DecoderTerm = Callable[[torch.Tensor, list[int], "int | None"], tuple["torch.Tensor | None", float]]
+
+
+def attach_decoder(args, student, tokenizer, records, thoughts_per_step: int = 1) -> DecoderTerm:
+    """SIM-CoT's decoder for a recipe (``sim_cot``; ``codi`` and ``lori`` with one thought per step and
+    ``decoder_weight > 0``) and the term that runs it. The decoder is registered on the student, so
+    AdamW, gradient clipping and resumable checkpoints cover it, while the saved student keeps only its
+    model and projection (:meth:`lori.model.latent.LatentStudent.save`)."""
     decoder = build_decoder(student, args.decoder_init)
-    decoder_params = num_params(decoder)
+    params, targets = num_params(decoder), step_tokens(tokenizer, records)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    targets = step_tokens(tokenizer, records)
+    student.step_decoder = decoder
+
+    def term(inputs: torch.Tensor, idx: list[int], covered: int | None) -> tuple[torch.Tensor | None, float]:
+        loss, positions = decoder_loss(decoder, student, inputs, idx, targets, thoughts_per_step, covered, eos, pad)
+        return loss, (step_flops(params, positions) if loss is not None else 0.0)
+
+    return term
+
+
+def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
+    c, max_stage = args.thoughts_per_step, args.max_stage
+    decode: list[DecoderTerm] = []
 
     def decoder_term(out, idx: list[int], stage: int, thoughts: int):
-        covered = stage if stage <= max_stage else None
-        loss, positions = decoder_loss(decoder, student, out.inputs, idx, targets, c, covered, eos, pad)
+        loss, flops = decode[0](out.inputs, idx, stage if stage <= max_stage else None)
         if loss is None:
             zero = out.task_loss.new_zeros(())
             return {"decoder": zero}, zero, 0.0
-        return {"decoder": loss}, args.decoder_weight * loss, step_flops(decoder_params, positions)
+        return {"decoder": loss}, args.decoder_weight * loss, flops
 
-    recipe = coconut.build(args, ctx, extra=decoder_term)   # counts the student's FLOPs without the decoder
-    # registered on the student: AdamW, gradient clipping and resumable checkpoints cover it; the
-    # saved student keeps only its model and projection (LatentStudent.save)
-    student.step_decoder = decoder
+    # Coconut's recipe counts the student's parameters for its FLOPs: the decoder is attached after it
+    recipe = coconut.build(args, ctx, extra=decoder_term)
+    decode.append(attach_decoder(args, ctx.student, ctx.tokenizer, ctx.records, c))   # weight 0: logged only
     return recipe
