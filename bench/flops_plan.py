@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from bench.benchlib import run_parser, setup
+from benchlib import run_parser, setup
 from lori.config import load_config, stage_args
 from lori.data.records import read_records
 from lori.distill import DistillConfig, build_student
