@@ -135,15 +135,42 @@ def test_decoder_loss_reaches_the_student_through_the_thoughts(tiny_teacher):
     assert student.step_decoder.lm.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
 
 
+def assert_decoder_term(terms, plain_terms, student, seqs, latents, pad: int, weight: float) -> None:
+    """A recipe's step with the decoder against the same step without it: its ``decoder`` term is the
+    decoder's loss on ``latents`` [S, 1, d] -> ``seqs`` (hand-built), added to the loss with ``weight``
+    and to the FLOPs as 6 x the decoder's parameters x its positions."""
+    from lori.model.loading import num_params
+    from lori.model.sequences import pad_right
+    from lori.training.loop import step_flops
+
+    decoder = student.step_decoder
+    ids, mask = pad_right(seqs, pad)
+    with torch.no_grad():
+        want = decoder(torch.stack(latents), student.model.get_input_embeddings()(ids), ids, mask)
+    torch.testing.assert_close(terms["decoder"].detach(), want)
+    torch.testing.assert_close(terms["loss"].detach(), plain_terms["loss"].detach() + weight * want)
+    extra = step_flops(num_params(decoder), ids.numel() + len(seqs))
+    assert float(terms["flops"]) == float(plain_terms["flops"]) + extra
+
+
+def assert_trains_through_thoughts_and_saves_plain(terms, student, plain, tok, tmp_path) -> None:
+    """The decoder term's gradient reaches the projection (the thoughts are not detached), and the
+    saved student has the files of the same student trained without the decoder."""
+    student.zero_grad()
+    terms["decoder"].backward()
+    assert student.projection.net[0].weight.grad.abs().sum() > 0
+    student.save(tmp_path / "s", tok)
+    plain.save(tmp_path / "p", tok)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())
+
+
 def test_sim_cot_on_codi_decodes_thought_k_into_step_k(tiny_teacher, tmp_path):
     """CODI + SIM-CoT's decoder (decoder_weight > 0): the term equals the decoder's loss on thought k
     (as fed) -> step k (the last thought: the remaining steps joined), is added with its weight and its
     FLOPs, reaches the student through the thoughts, and the saved student is a plain CODI checkpoint."""
     from lori.data.records import read_records
-    from lori.model.sequences import pad_right, step_ids, student_batch
-    from lori.training.loop import step_flops
+    from lori.model.sequences import step_ids, student_batch
     from lori.training.recipes import codi
-    from lori.model.loading import num_params
 
     records = read_records(tiny_teacher.train)
     idx = [0, 1, 2, 3]
@@ -155,8 +182,7 @@ def test_sim_cot_on_codi_decodes_thought_k_into_step_k(tiny_teacher, tmp_path):
     student, _ = distill.build_student(cfg, str(tiny_teacher.teacher))
     student.projection.load_state_dict(plain.projection.state_dict())
     terms = codi.build(cfg.args, RecipeContext(student, tok, records, "cpu", 0, cfg.steps)).loss_step(idx)
-    decoder = student.step_decoder
-    assert isinstance(decoder, StepDecoder)
+    assert isinstance(student.step_decoder, StepDecoder)
     # by hand: thought 0 -> step 0, thought 1 -> steps 1.. joined, each closed by one <eos>
     fed = student.thought_inputs(student_batch(tok, [records[i] for i in idx], 2))
     seqs, latents = [], []
@@ -164,19 +190,8 @@ def test_sim_cot_on_codi_decodes_thought_k_into_step_k(tiny_teacher, tmp_path):
         steps = step_ids(tok, records[i].steps)
         seqs += [steps[0] + [tok.eos_token_id], [t for s in steps[1:] for t in s] + [tok.eos_token_id]]
         latents += [fed[row, 0:1], fed[row, 1:2]]
-    ids, mask = pad_right(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        want = decoder(torch.stack(latents), student.model.get_input_embeddings()(ids), ids, mask)
-    torch.testing.assert_close(terms["decoder"].detach(), want)
-    torch.testing.assert_close(terms["loss"].detach(), plain_terms["loss"].detach() + 0.5 * want)
-    extra = step_flops(num_params(decoder), ids.numel() + len(seqs))
-    assert float(terms["flops"]) == float(plain_terms["flops"]) + extra
-    student.zero_grad()
-    terms["decoder"].backward()
-    assert student.projection.net[0].weight.grad.abs().sum() > 0          # through the thoughts, not detached
-    student.save(tmp_path / "s", tok)
-    plain.save(tmp_path / "p", tok)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert_decoder_term(terms, plain_terms, student, seqs, latents, tok.pad_token_id, 0.5)
+    assert_trains_through_thoughts_and_saves_plain(terms, student, plain, tok, tmp_path)
 
 
 def test_sim_cot_on_lori_decodes_the_steps_its_thoughts_stand_for(tiny_teacher, tmp_path):
@@ -185,9 +200,7 @@ def test_sim_cot_on_lori_decodes_the_steps_its_thoughts_stand_for(tiny_teacher, 
     remaining steps joined. The term equals the decoder's loss computed by hand, is added with its weight
     and FLOPs, and the saved student is a plain LoRi checkpoint."""
     from lori.data.records import read_records
-    from lori.model.loading import num_params
-    from lori.model.sequences import pad_right, step_ids, student_batch
-    from lori.training.loop import step_flops
+    from lori.model.sequences import step_ids, student_batch
     from lori.training.recipes import lori
 
     records = read_records(tiny_teacher.train)
@@ -201,8 +214,7 @@ def test_sim_cot_on_lori_decodes_the_steps_its_thoughts_stand_for(tiny_teacher, 
     student, _ = distill.build_student(cfg, str(tiny_teacher.teacher))
     student.projection.load_state_dict(plain.projection.state_dict())
     recipe = lori.build(cfg.args, RecipeContext(student, tok, records, "cpu", 0, 9))
-    decoder = student.step_decoder
-    assert isinstance(decoder, StepDecoder)
+    assert isinstance(student.step_decoder, StepDecoder)
     fed = student.thought_inputs(student_batch(tok, [records[i] for i in idx], k))
     eos = tok.eos_token_id
     for step, stage in ((0, 1), (6, 3)):   # stage 1 of 2, then the final layout
@@ -220,19 +232,8 @@ def test_sim_cot_on_lori_decodes_the_steps_its_thoughts_stand_for(tiny_teacher, 
                 if group:
                     seqs.append([t for s in group for t in s] + [eos])
                     latents.append(fed[row, g : g + 1])
-        ids, mask = pad_right(seqs, tok.pad_token_id)
-        with torch.no_grad():
-            want = decoder(torch.stack(latents), student.model.get_input_embeddings()(ids), ids, mask)
-        torch.testing.assert_close(terms["decoder"].detach(), want)
-        torch.testing.assert_close(terms["loss"].detach(), plain_terms["loss"].detach() + 0.5 * want)
-        extra = step_flops(num_params(decoder), ids.numel() + len(seqs))
-        assert float(terms["flops"]) == float(plain_terms["flops"]) + extra
-    student.zero_grad()
-    terms["decoder"].backward()
-    assert student.projection.net[0].weight.grad.abs().sum() > 0          # through the thoughts
-    student.save(tmp_path / "s", tok)
-    plain.save(tmp_path / "p", tok)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "p").iterdir())
+        assert_decoder_term(terms, plain_terms, student, seqs, latents, tok.pad_token_id, 0.5)
+    assert_trains_through_thoughts_and_saves_plain(terms, student, plain, tok, tmp_path)
     assert load_file(str(tmp_path / "s" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "p" / "model.safetensors")).keys()
     with pytest.raises(ValueError, match="decoder_weight"):

@@ -89,7 +89,8 @@ class LoriArgs:
         if self.latent_steps < 0:
             out.append(f"latent_steps must be >= 0, got {self.latent_steps}")
         if (self.alpha > 0 or self.step_anchor > 0 or self.decoder_weight > 0) and self.latent_steps == 0:
-            out.append("alpha > 0, step_anchor > 0 or decoder_weight > 0 needs latent_steps >= 1 (no thoughts to match)")
+            out.append("alpha > 0, step_anchor > 0 or decoder_weight > 0 needs latent_steps >= 1 "
+                       "(no thoughts to match)")
         if self.alpha < 0 or self.gamma < 0 or self.step_anchor < 0:
             out.append("alpha, gamma and step_anchor must be >= 0")
         out += step_problems(self) + decoder_problems(self)

@@ -74,10 +74,8 @@ def build(args: CodiArgs, ctx: RecipeContext) -> Recipe:
         flops = step_flops(params, positions)
         terms = {"task": s_out.task_loss, "distill": distill, "teacher": t_out.loss}
         if decode is not None:
-            decoded, decoder_flops = decode(s_out.inputs, idx, None)
-            if decoded is not None:
-                terms["decoder"] = decoded
-                loss, flops = loss + args.decoder_weight * decoded, flops + decoder_flops
+            terms["decoder"], decoder_flops = decode(s_out.inputs, idx, None)
+            loss, flops = loss + args.decoder_weight * terms["decoder"], flops + decoder_flops
         terms["flops"] = torch.tensor(flops)
         if args.step_anchor > 0:
             with torch.autocast(device.type, enabled=False):

@@ -90,10 +90,8 @@ def build(args: LoriArgs, ctx: RecipeContext) -> Recipe:
             terms["stage"] = torch.tensor(float(state["stage"]))
         loss = out.task_loss.float()
         if decode is not None:   # stage k: only the k replaced steps have thoughts
-            decoded, decoder_flops = decode(out.inputs, idx, state["stage"] if staged else None)
-            terms["decoder"] = decoded if decoded is not None else loss.new_zeros(())
-            if decoded is not None:
-                loss, flops = loss + args.decoder_weight * decoded, flops + decoder_flops
+            terms["decoder"], decoder_flops = decode(out.inputs, idx, state["stage"] if staged else None)
+            loss, flops = loss + args.decoder_weight * terms["decoder"], flops + decoder_flops
         terms["flops"] = torch.tensor(flops)
         # statistics and normalisers in fp32 even under bf16 autocast (covariances lose too much in bf16)
         with torch.autocast(device.type, enabled=False):

@@ -85,8 +85,8 @@ def decoder_loss(decoder: StepDecoder, student, inputs: torch.Tensor, idx: list[
 
 
 #: a recipe's view of the attached decoder: (thoughts as fed [B, K, d], indices, steps covered or None)
-#: -> (the decoder's loss, None when no group has a step; its FLOPs)
-DecoderTerm = Callable[[torch.Tensor, list[int], "int | None"], tuple["torch.Tensor | None", float]]
+#: -> (the decoder's loss, 0 when no group has a step; its FLOPs)
+DecoderTerm = Callable[[torch.Tensor, list[int], "int | None"], tuple[torch.Tensor, float]]
 
 
 def attach_decoder(args, student, tokenizer, records, thoughts_per_step: int = 1) -> DecoderTerm:
@@ -99,25 +99,25 @@ def attach_decoder(args, student, tokenizer, records, thoughts_per_step: int = 1
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     student.step_decoder = decoder
 
-    def term(inputs: torch.Tensor, idx: list[int], covered: int | None) -> tuple[torch.Tensor | None, float]:
+    def term(inputs: torch.Tensor, idx: list[int], covered: int | None) -> tuple[torch.Tensor, float]:
         loss, positions = decoder_loss(decoder, student, inputs, idx, targets, thoughts_per_step, covered, eos, pad)
-        return loss, (step_flops(params, positions) if loss is not None else 0.0)
+        if loss is None:
+            return inputs.new_zeros((), dtype=torch.float32), 0.0
+        return loss, step_flops(params, positions)
 
     return term
 
 
 def build(args: SimCotArgs, ctx: RecipeContext) -> Recipe:
-    c, max_stage = args.thoughts_per_step, args.max_stage
-    decode: list[DecoderTerm] = []
+    max_stage = args.max_stage
 
     def decoder_term(out, idx: list[int], stage: int, thoughts: int):
-        loss, flops = decode[0](out.inputs, idx, stage if stage <= max_stage else None)
-        if loss is None:
-            zero = out.task_loss.new_zeros(())
-            return {"decoder": zero}, zero, 0.0
+        loss, flops = decode(out.inputs, idx, stage if stage <= max_stage else None)
         return {"decoder": loss}, args.decoder_weight * loss, flops
 
-    # Coconut's recipe counts the student's parameters for its FLOPs: the decoder is attached after it
+    # Coconut's recipe counts the student's parameters for its FLOPs, so the decoder is attached after
+    # it; decoder_term reads `decode` when a step runs, after both
     recipe = coconut.build(args, ctx, extra=decoder_term)
-    decode.append(attach_decoder(args, ctx.student, ctx.tokenizer, ctx.records, c))   # weight 0: logged only
+    # with decoder_weight 0 the decoder still runs: its loss is logged, with no gradient
+    decode = attach_decoder(args, ctx.student, ctx.tokenizer, ctx.records, args.thoughts_per_step)
     return recipe
